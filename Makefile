@@ -1,0 +1,87 @@
+# fusebox - one plain Makefile. See README.md for the targets.
+#   make            build build/fusebox
+#   make test       unit tests (cmocka) and black-box tests (node:test)
+#   make demo       a job hitting its ceiling, against the fake provider
+#   make SANITIZE=1 ASan + UBSan build (into build-san/)
+#   make install PREFIX=/usr/local
+
+PREFIX ?= /usr/local
+CC ?= cc
+PKGS := libevent libevent_pthreads libcurl sqlite3 jansson yaml-0.1 libcrypto
+
+ifeq ($(SANITIZE),1)
+BUILD ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+OPT ?= -O1 -g
+else
+BUILD ?= build
+SANFLAGS :=
+OPT ?= -O2 -g
+endif
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS ?= $(OPT)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) $(PKG_CFLAGS) $(CFLAGS) -MMD -MP
+LDLIBS = $(PKG_LIBS) -lpthread -lm
+
+LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps test unit e2e demo install clean format valgrind
+
+all: $(BUILD)/fusebox
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libfusebox.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/fusebox: $(BUILD)/obj/main.o $(BUILD)/libfusebox.a
+	$(CC) $(SANFLAGS) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libfusebox.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(BUILD)/libfusebox.a $(LDLIBS) -lcmocka
+
+unit: $(UNIT_BIN)
+	@scripts/run-unit.sh $(UNIT_BIN)
+
+e2e: $(BUILD)/fusebox
+	@FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) scripts/run-e2e.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all unit
+	@$(MAKE) --no-print-directory e2e
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo.sh $(abspath $(BUILD)/fusebox)
+
+valgrind: deps
+	@$(MAKE) --no-print-directory all
+	@FUSEBOX_VALGRIND=1 FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) scripts/run-e2e.sh
+
+install: $(BUILD)/fusebox
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BUILD)/fusebox $(DESTDIR)$(PREFIX)/bin/fusebox
+
+format:
+	clang-format -i src/*.c src/*.h tests/unit/*.c
+
+clean:
+	rm -rf build build-san
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/obj/main.d

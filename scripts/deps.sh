@@ -1,0 +1,25 @@
+#!/bin/sh
+# Install the Debian packages fusebox builds and tests with, when missing.
+# As root it runs apt-get; otherwise it prints the exact command to run.
+set -eu
+pkgs="build-essential pkg-config libevent-dev libcurl4-openssl-dev libsqlite3-dev
+libjansson-dev libyaml-dev libssl-dev libcmocka-dev sqlite3 curl nodejs npm"
+missing=""
+for p in $pkgs; do
+    case "$p" in
+    nodejs) command -v node >/dev/null 2>&1 && continue ;;
+    npm) command -v npm >/dev/null 2>&1 && continue ;;
+    esac
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+    echo "fusebox: installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+else
+    echo "fusebox: missing Debian packages. Run:" >&2
+    echo "  sudo apt-get install -y$missing" >&2
+    exit 1
+fi

@@ -1,0 +1,113 @@
+/* config.h - fusebox.yaml, read once into an immutable fb_config.
+ * Unknown keys are errors (a typo must not silently drop a budget).
+ * Relative paths are resolved against the config file's directory. */
+#ifndef FB_CONFIG_H
+#define FB_CONFIG_H
+
+#include <stddef.h>
+#include "common.h"
+#include "money.h"
+#include "price.h"
+
+typedef enum fb_period {
+    FB_PERIOD_NONE = 0, /* a lifetime ceiling */
+    FB_PERIOD_HOUR,
+    FB_PERIOD_DAY,
+    FB_PERIOD_MONTH, /* calendar periods, UTC */
+} fb_period;
+
+typedef struct fb_budget_spec {
+    int set;          /* 0: no ceiling at this scope */
+    fb_money limit;
+    fb_period period;
+} fb_budget_spec;
+
+/* Parse "5", "5/day", "0.25/hour", "100/month", "$5/day" (a leading '$'
+ * is allowed, blanks around '/' too). FB_EINVAL with no side effect on
+ * anything else. */
+fb_err fb_budget_spec_parse(const char *s, fb_budget_spec *out);
+/* "5.0/day" style text for the spec ("none" when unset); needs cap >= 48. */
+size_t fb_budget_spec_format(const fb_budget_spec *b, char *buf, size_t cap);
+
+typedef enum fb_provider_kind {
+    FB_PROVIDER_OPENAI,
+    FB_PROVIDER_ANTHROPIC,
+    FB_PROVIDER_GENERIC,
+} fb_provider_kind;
+
+typedef struct fb_provider_conf {
+    char *name;        /* first path segment: /<name>/... */
+    fb_provider_kind kind;
+    char *base_url;    /* no trailing slash */
+    char *api_key_env; /* env var holding the real key; NULL: none sent */
+    /* generic only */
+    fb_money price_per_call;
+    char *count_field; /* request JSON field multiplying the price, or NULL */
+    char *auth_header; /* header carrying the key; default "Authorization"
+                          (value "Bearer KEY"); other names get KEY as is */
+} fb_provider_conf;
+
+typedef struct fb_job_conf {
+    char *name;
+    fb_budget_spec budget;
+} fb_job_conf;
+
+typedef struct fb_tenant_conf {
+    char *name;
+    fb_budget_spec budget;
+    fb_job_conf *jobs;
+    size_t njobs;
+} fb_tenant_conf;
+
+typedef struct fb_model_price_conf {
+    char *model;
+    fb_price price;
+} fb_model_price_conf;
+
+typedef enum fb_durability {
+    FB_DURABILITY_PROCESS = 0, /* survives kill -9 (default) */
+    FB_DURABILITY_FULL,        /* survives power loss: fsync per commit */
+} fb_durability;
+
+typedef struct fb_config {
+    char *path;        /* the file it was read from */
+    char *listen_host; /* "127.0.0.1" */
+    int listen_port;   /* 8787 */
+    char *data_dir;    /* absolute or config-relative, resolved */
+    char **prices;     /* price files, resolved */
+    size_t nprices;
+    fb_model_price_conf *model_prices; /* "model_prices:" overrides */
+    size_t nmodel_prices;
+    fb_provider_conf *providers;
+    size_t nproviders;
+    fb_budget_spec global;
+    fb_tenant_conf *tenants;
+    size_t ntenants;
+    fb_durability durability;
+    /* limits ("limits:" section), with defaults */
+    size_t max_body_bytes;      /* 8 MiB */
+    size_t max_header_bytes;    /* 64 KiB */
+    int max_connections;        /* 4096 */
+    int client_timeout_ms;      /* 30000: idle/slow client */
+    int upstream_connect_timeout_ms; /* 10000 */
+    int upstream_timeout_ms;    /* 600000: whole upstream exchange */
+    char *log_level;            /* "info" */
+} fb_config;
+
+/* Read and validate a config file. On error returns FB_EIO/FB_EINVAL and
+ * writes "file:line: reason" to errbuf; *out stays NULL. The caller frees
+ * the result with fb_config_free. */
+fb_err fb_config_load(const char *path, fb_config **out, char *errbuf,
+                      size_t errcap);
+/* The same from YAML text; base_dir resolves relative paths (NULL: the
+ * current directory). Messages and c->path name the file "<config>". */
+fb_err fb_config_parse(const char *yaml, size_t len, const char *base_dir,
+                       fb_config **out, char *errbuf, size_t errcap);
+void fb_config_free(fb_config *c);
+
+const fb_provider_conf *fb_config_provider(const fb_config *c,
+                                           const char *name, size_t len);
+const fb_tenant_conf *fb_config_tenant(const fb_config *c, const char *name);
+const fb_job_conf *fb_config_job(const fb_tenant_conf *t, const char *name);
+
+#endif

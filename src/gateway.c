@@ -1,0 +1,930 @@
+/* gateway.c - fusebox serve: one event loop that authenticates each call,
+ * prices its worst case, reserves it in every enclosing budget, makes the
+ * reservation durable, forwards the call, and settles to the real cost.
+ *
+ * NOTES ON THE LIFE OF A PAID CALL
+ *
+ *   client --> auth --> inspect --> reserve --> ledger insert --+
+ *                |          |           |                       |
+ *               401        400         402 (row: blocked)       v
+ *                                                     durable? --no--> 503
+ *                                                        | yes
+ *                                                        v
+ *                           settle <-- answer <-- upstream call
+ *
+ *  1. Nothing is sent upstream before the reservation is committed to the
+ *     store (ledger.c); a crash after that point leaves a RESERVED row
+ *     that the next start charges in full. So the ledger never records
+ *     less than the provider billed.
+ *  2. The reservation covers the worst case (provider.c), so the sum of
+ *     what is in flight can never pass a ceiling (budget.c).
+ *  3. A client that leaves does not stop the upstream call: the provider
+ *     bills it anyway, so it is read to the end and settled.
+ *  4. The provider key comes from the environment and is added here; any
+ *     credential the client sent, and any header holding a virtual key,
+ *     is dropped before forwarding. */
+#include "gateway.h"
+
+#include <curl/curl.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "budget.h"
+#include "keys.h"
+#include "ledger.h"
+#include "log.h"
+#include "map.h"
+#include "provider.h"
+#include "server.h"
+#include "sse.h"
+#include "store.h"
+#include "upstream.h"
+
+#define MAX_RESPONSE_BYTES (64u << 20) /* a non-stream answer we buffer */
+#define MAX_SSE_EVENT (16u << 20)
+#define DRAIN_SECONDS 30
+
+typedef struct gateway {
+    const fb_config *c;
+    struct event_base *base;
+    fb_server *srv;
+    fb_upstream *up;
+    fb_ledger *ledger;
+    fb_budget *budget;
+    fb_prices *prices;
+    fb_map *keys;          /* SHA-256 (32 bytes) -> fb_key_rec* */
+    char **provider_keys;  /* per provider, from the environment */
+    int64_t next_id;
+    size_t inflight;
+    int draining;
+    struct event *sig_term, *sig_int, *drain_timer;
+} gateway;
+
+typedef struct gw_req {
+    gateway *g;
+    fb_req *req;
+    const fb_provider_conf *pc;
+    size_t pidx;
+    char method[16];
+    char *path; /* after /<provider>, with the query */
+    fb_key_rec key;
+    fb_call call;
+    char *new_body;
+    const char *body;
+    size_t body_len;
+    fb_reservation resv;
+    int64_t id;
+    int64_t ts_ms;
+    int64_t start_ns;
+    fb_up_req *up;
+    int status;
+    int streaming;
+    int client_gone;
+    struct evbuffer *buf;
+    int too_big;
+    fb_sse sse;
+    fb_usage usage;
+    char *resp_headers;
+} gw_req;
+
+static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
+                          fb_money window_spent);
+
+static void money_str(fb_money m, char *buf, size_t cap)
+{
+    fb_money_format(m, buf, cap);
+}
+
+static void finish(gw_req *gr)
+{
+    gateway *g = gr->g;
+    free(gr->new_body);
+    free(gr->path);
+    free(gr->resp_headers);
+    if (gr->buf)
+        evbuffer_free(gr->buf);
+    fb_sse_free(&gr->sse);
+    free(gr);
+    g->inflight--;
+    if (g->draining && g->inflight == 0)
+        event_base_loopexit(g->base, NULL);
+}
+
+static void on_client_close(void *arg)
+{
+    gw_req *gr = arg;
+    gr->client_gone = 1;
+}
+
+/* Errors that retrying cannot fix carry x-should-retry: false, which the
+ * official OpenAI and Anthropic SDKs honour. */
+static void reply_error(gw_req *gr, int status, const char *type,
+                        const char *msg)
+{
+    int final = status < 500;
+    fb_req_error(gr->req, status, type, msg,
+                 final ? "x-should-retry: false\r\n" : NULL);
+    gr->req = NULL;
+}
+
+/* ---- routing and authentication ---- */
+
+static int unsafe_path(const char *p, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (p[i] == '/' && p[i + 1] == '.') {
+            size_t j = i + 2;
+            if (j < len && p[j] == '.')
+                j++;
+            if (j == len || p[j] == '/' || p[j] == '?')
+                return 1;
+        }
+        if (p[i] == '%' && i + 2 < len && p[i + 1] == '2' &&
+            (p[i + 2] == 'e' || p[i + 2] == 'E'))
+            return 1;
+    }
+    return 0;
+}
+
+/* The virtual key from Authorization: Bearer or x-api-key. */
+static const char *client_key(const fb_http_req *h, size_t *len)
+{
+    size_t vl;
+    const char *v = fb_http_header_get(h, "authorization", &vl);
+    if (v != NULL && vl > 7 && fb_strcaseeq(v, 7, "bearer ", 7)) {
+        v += 7;
+        vl -= 7;
+        while (vl > 0 && *v == ' ') {
+            v++;
+            vl--;
+        }
+        *len = vl;
+        return v;
+    }
+    v = fb_http_header_get(h, "x-api-key", &vl);
+    *len = vl;
+    return v;
+}
+
+static void key_scopes(gw_req *gr, fb_scope **scopes, size_t *n)
+{
+    gateway *g = gr->g;
+    char name[2 * FB_NAME_MAX + 16];
+    size_t k = 0;
+    scopes[k++] = fb_budget_scope(g->budget, "global");
+    snprintf(name, sizeof name, "tenant:%s", gr->key.tenant);
+    scopes[k++] = fb_budget_scope(g->budget, name);
+    if (gr->key.job[0]) {
+        snprintf(name, sizeof name, "job:%s/%s", gr->key.tenant, gr->key.job);
+        scopes[k++] = fb_budget_scope(g->budget, name);
+    }
+    snprintf(name, sizeof name, "key:%s", gr->key.id);
+    scopes[k++] = fb_budget_scope(g->budget, name);
+    for (size_t i = 0; i < k; i++)
+        FB_ASSERT(scopes[i] != NULL); /* scopes are tiny; ENOMEM is fatal */
+    *n = k;
+}
+
+/* ---- the upstream call ---- */
+
+static int hop_header(const char *n, size_t l)
+{
+    static const char *const drop[] = {
+        "connection", "keep-alive", "proxy-connection", "proxy-authorization",
+        "te", "trailer", "transfer-encoding", "upgrade", "content-length",
+        "host", "expect", "authorization", "x-api-key", "api-key",
+        "x-goog-api-key", "accept-encoding", "idempotency-key-fusebox"};
+    for (size_t i = 0; i < FB_ARRAY_LEN(drop); i++)
+        if (fb_strcaseeq(n, l, drop[i], strlen(drop[i])))
+            return 1;
+    return l >= 10 && fb_strcaseeq(n, 10, "x-fusebox-", 10);
+}
+
+static int holds_virtual_key(const char *v, size_t l)
+{
+    return memmem(v, l, FB_KEY_PREFIX, 4) != NULL;
+}
+
+static struct curl_slist *upstream_headers(gw_req *gr)
+{
+    const fb_http_req *h = fb_req_head(gr->req);
+    struct curl_slist *list = NULL, *t;
+    char line[8192];
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const fb_http_header *x = &h->headers[i];
+        if (hop_header(x->name, x->name_len) ||
+            holds_virtual_key(x->value, x->value_len))
+            continue;
+        if (x->name_len + x->value_len + 3 > sizeof line)
+            continue;
+        snprintf(line, sizeof line, "%.*s: %.*s", (int)x->name_len, x->name,
+                 (int)x->value_len, x->value);
+        if ((t = curl_slist_append(list, line)) == NULL)
+            goto fail;
+        list = t;
+    }
+    const char *key = gr->g->provider_keys[gr->pidx];
+    if (key != NULL) {
+        const fb_provider_conf *pc = gr->pc;
+        if (pc->kind == FB_PROVIDER_ANTHROPIC)
+            snprintf(line, sizeof line, "x-api-key: %s", key);
+        else if (pc->auth_header == NULL ||
+                 strcasecmp(pc->auth_header, "authorization") == 0)
+            snprintf(line, sizeof line, "Authorization: Bearer %s", key);
+        else
+            snprintf(line, sizeof line, "%s: %s", pc->auth_header, key);
+        t = curl_slist_append(list, line);
+        explicit_bzero(line, sizeof line);
+        if (t == NULL)
+            goto fail;
+        list = t;
+    }
+    if ((t = curl_slist_append(list, "Expect:")) == NULL)
+        goto fail;
+    return t;
+fail:
+    curl_slist_free_all(list);
+    return NULL;
+}
+
+static int drop_response_header(const char *n, size_t l)
+{
+    static const char *const drop[] = {
+        "connection", "keep-alive", "transfer-encoding", "content-length",
+        "content-encoding", "date", "server", "trailer", "upgrade"};
+    for (size_t i = 0; i < FB_ARRAY_LEN(drop); i++)
+        if (fb_strcaseeq(n, l, drop[i], strlen(drop[i])))
+            return 1;
+    return l >= 10 && fb_strcaseeq(n, 10, "x-fusebox-", 10);
+}
+
+static void up_head(void *arg, int status, const fb_up_header *h, size_t n)
+{
+    gw_req *gr = arg;
+    struct evbuffer *hb = evbuffer_new();
+    int sse = 0;
+    FB_ASSERT(hb != NULL);
+    gr->status = status;
+    for (size_t i = 0; i < n; i++) {
+        if (drop_response_header(h[i].name, h[i].name_len))
+            continue;
+        if (fb_strcaseeq(h[i].name, h[i].name_len, "content-type", 12) &&
+            h[i].value_len >= 17 &&
+            fb_strcaseeq(h[i].value, 17, "text/event-stream", 17))
+            sse = 1;
+        evbuffer_add_printf(hb, "%.*s: %.*s\r\n", (int)h[i].name_len,
+                            h[i].name, (int)h[i].value_len, h[i].value);
+    }
+    size_t len = evbuffer_get_length(hb);
+    gr->resp_headers = malloc(len + 1);
+    FB_ASSERT(gr->resp_headers != NULL);
+    evbuffer_remove(hb, gr->resp_headers, len);
+    gr->resp_headers[len] = '\0';
+    evbuffer_free(hb);
+
+    if (sse && status >= 200 && status < 300) {
+        char amount[32], extra[128];
+        gr->streaming = 1;
+        fb_sse_init(&gr->sse, MAX_SSE_EVENT);
+        money_str(gr->resv.amount, amount, sizeof amount);
+        size_t hl = strlen(gr->resp_headers);
+        int xl = snprintf(extra, sizeof extra, "x-fusebox-reserved-usd: %s\r\n",
+                          amount);
+        char *all = realloc(gr->resp_headers, hl + (size_t)xl + 1);
+        FB_ASSERT(all != NULL);
+        memcpy(all + hl, extra, (size_t)xl + 1);
+        gr->resp_headers = all;
+        fb_req_stream_begin(gr->req, status, gr->resp_headers, NULL);
+    } else {
+        gr->buf = evbuffer_new();
+        FB_ASSERT(gr->buf != NULL);
+    }
+}
+
+/* One whole SSE event: read its usage, then forward it unless it is the
+ * usage-only chunk we asked for on the client's behalf. */
+static void stream_event(gw_req *gr, const char *ev, size_t len)
+{
+    const fb_provider_ops *ops = fb_provider_ops_for(gr->pc->kind);
+    int forward = 1;
+    if (memmem(ev, len, "usage", 5) != NULL) {
+        char small[4096];
+        char *data = len < sizeof small ? small : malloc(len + 1);
+        if (data != NULL) {
+            size_t dl = fb_sse_data(ev, len, data, len + 1);
+            ops->usage(data, dl, &gr->usage);
+            if (gr->call.usage_injected &&
+                fb_provider_usage_only_chunk(data, dl))
+                forward = 0;
+            if (data != small)
+                free(data);
+        }
+    }
+    if (forward)
+        fb_req_stream_write(gr->req, ev, len);
+}
+
+static void up_data(void *arg, const char *data, size_t len)
+{
+    gw_req *gr = arg;
+    if (!gr->streaming) {
+        if (gr->too_big || evbuffer_get_length(gr->buf) + len >
+                               MAX_RESPONSE_BYTES) {
+            gr->too_big = 1;
+            return;
+        }
+        evbuffer_add(gr->buf, data, len);
+        return;
+    }
+    const char *ev;
+    size_t el;
+    if (fb_sse_feed(&gr->sse, data, len) != FB_OK) {
+        /* An event too large to inspect: pass bytes through untouched. */
+        fb_req_stream_write(gr->req, data, len);
+        return;
+    }
+    while (fb_sse_next(&gr->sse, &ev, &el))
+        stream_event(gr, ev, el);
+}
+
+static void settle(gw_req *gr, int status, fb_money cost, const char *outcome)
+{
+    fb_budget_settle(&gr->resv, cost);
+    fb_ledger_settle(gr->g->ledger, gr->id, status, cost, outcome);
+    if (fb_log_enabled(FB_LOG_DEBUG)) {
+        char c[32];
+        money_str(cost, c, sizeof c);
+        fb_log(FB_LOG_DEBUG,
+               "call id=%lld tenant=%s job=%s key=%s provider=%s model=%s "
+               "status=%d cost_usd=%s outcome=%s ms=%lld",
+               (long long)gr->id, gr->key.tenant, gr->key.job, gr->key.id,
+               gr->pc->name, gr->call.model, status, c, outcome,
+               (long long)((fb_mono_ns() - gr->start_ns) / 1000000));
+    }
+}
+
+static void up_done(void *arg, fb_up_fail fail, const char *detail)
+{
+    gw_req *gr = arg;
+    char cost_s[32], hdr[96];
+    fb_money cost;
+    gr->up = NULL;
+    if (!gr->streaming && gr->buf != NULL && gr->status >= 200 &&
+        gr->status < 300 && !gr->too_big) {
+        size_t len = evbuffer_get_length(gr->buf);
+        const char *body = (const char *)evbuffer_pullup(gr->buf, -1);
+        fb_provider_ops_for(gr->pc->kind)->usage(body ? body : "", len,
+                                                 &gr->usage);
+    }
+    if (fail == FB_UP_CONNECT)
+        cost = 0; /* nothing reached the provider */
+    else if (fail != FB_UP_OK || gr->too_big)
+        cost = gr->usage.found
+                   ? fb_provider_settle(gr->pc, &gr->call, 200, &gr->usage)
+                   : gr->resv.amount;
+    else
+        cost = fb_provider_settle(gr->pc, &gr->call, gr->status, &gr->usage);
+    money_str(cost, cost_s, sizeof cost_s);
+
+    if (gr->streaming) {
+        size_t rl;
+        const char *rest = fb_sse_rest(&gr->sse, &rl);
+        fb_req_stream_write(gr->req, rest, rl);
+        /* Streams cannot carry the settled cost in a header; an SSE
+         * comment line (ignored by SSE parsers) carries it instead. */
+        int n = snprintf(hdr, sizeof hdr, ": x-fusebox-cost-usd %s\n\n",
+                         cost_s);
+        fb_req_stream_write(gr->req, hdr, (size_t)n);
+        settle(gr, gr->status, cost, fail == FB_UP_OK ? "ok" : "upstream_broken");
+        fb_req_stream_end(gr->req);
+        gr->req = NULL;
+        finish(gr);
+        return;
+    }
+    snprintf(hdr, sizeof hdr, "x-fusebox-cost-usd: %s\r\n", cost_s);
+    if (fail != FB_UP_OK || gr->too_big) {
+        int status = fail == FB_UP_TIMEOUT ? 504 : 502;
+        char msg[512];
+        snprintf(msg, sizeof msg, "upstream %s failed: %s", gr->pc->name,
+                 gr->too_big ? "answer too large" : detail);
+        fb_log(FB_LOG_WARN, "%s (key=%s)", msg, gr->key.id);
+        settle(gr, status, cost,
+               fail == FB_UP_CONNECT   ? "upstream_unreachable"
+               : fail == FB_UP_TIMEOUT ? "upstream_timeout"
+                                       : "upstream_broken");
+        fb_req_error(gr->req, status, "upstream_error", msg, hdr);
+        gr->req = NULL;
+        finish(gr);
+        return;
+    }
+    settle(gr, gr->status, cost,
+           gr->status < 300 ? "ok" : "upstream_error_status");
+    size_t len = evbuffer_get_length(gr->buf);
+    const char *body = (const char *)evbuffer_pullup(gr->buf, -1);
+    size_t hl = strlen(gr->resp_headers), xl = strlen(hdr);
+    char *all = realloc(gr->resp_headers, hl + xl + 1);
+    FB_ASSERT(all != NULL);
+    memcpy(all + hl, hdr, xl + 1);
+    gr->resp_headers = all;
+    fb_req_reply(gr->req, gr->status, gr->resp_headers, NULL, body ? body : "",
+                 len);
+    gr->req = NULL;
+    finish(gr);
+}
+
+static void start_upstream(gw_req *gr)
+{
+    static const fb_up_cbs cbs = {up_head, up_data, up_done};
+    char *url = NULL;
+    size_t ul = strlen(gr->pc->base_url) + strlen(gr->path) + 1;
+    struct curl_slist *headers = upstream_headers(gr);
+    url = malloc(ul);
+    if (url != NULL && headers != NULL) {
+        snprintf(url, ul, "%s%s", gr->pc->base_url, gr->path);
+        gr->up = fb_upstream_start(gr->g->up, gr->method, url, headers,
+                                   gr->body, gr->body_len, &cbs, gr);
+        headers = NULL; /* taken over, even on failure */
+    }
+    curl_slist_free_all(headers);
+    free(url);
+    if (gr->up == NULL) {
+        settle(gr, 502, 0, "upstream_start_failed");
+        reply_error(gr, 502, "upstream_error", "could not start upstream call");
+        finish(gr);
+    }
+}
+
+static void on_reserved(void *arg, fb_err err)
+{
+    gw_req *gr = arg;
+    if (err != FB_OK) {
+        /* Fail closed: a call that cannot be recorded is not made. */
+        fb_log(FB_LOG_ERROR, "store write failed: %s; refusing paid calls",
+               fb_strerror(err));
+        fb_budget_settle(&gr->resv, 0);
+        reply_error(gr, 503, "store_unavailable",
+                    "the ledger cannot record this call right now");
+        finish(gr);
+        return;
+    }
+    if (gr->client_gone) {
+        settle(gr, 499, 0, "client_gone");
+        fb_req_reply(gr->req, 499, NULL, NULL, "", 0);
+        gr->req = NULL;
+        finish(gr);
+        return;
+    }
+    start_upstream(gr);
+}
+
+/* ---- the fuse ---- */
+
+static void refuse_budget(gw_req *gr, const fb_refusal *why)
+{
+    char lim[32], spent[32], resv[32], req[32], msg[512], scope_buf[160];
+    const fb_budget_spec *spec = fb_scope_limit(why->scope);
+    static const char *const per[] = {"", "/hour", "/day", "/month"};
+    money_str(why->limit, lim, sizeof lim);
+    money_str(why->spent, spent, sizeof spent);
+    money_str(why->reserved, resv, sizeof resv);
+    money_str(why->request, req, sizeof req);
+    const char *scope = fb_scope_display(why->scope);
+    snprintf(msg, sizeof msg,
+             "budget of %s exceeded: %s USD%s limit, %s spent, %s reserved "
+             "by calls in flight, this call may cost up to %s",
+             scope, lim, per[spec->period], spent, resv, req);
+    json_t *j = json_pack(
+        "{s:{s:s,s:s,s:n,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s}}", "error",
+        "message", msg, "type", "budget_exceeded", "param", "code",
+        "budget_exceeded", "scope", scope, "tenant", gr->key.tenant,
+        "period", per[spec->period][0] ? per[spec->period] + 1 : "total",
+        "limit_usd", lim, "spent_usd", spent, "reserved_usd", resv,
+        "request_max_usd", req);
+    char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+
+    snprintf(scope_buf, sizeof scope_buf, "budget_exceeded:%s", scope);
+    fb_entry e = {.id = ++gr->g->next_id,
+                  .ts_ms = gr->ts_ms,
+                  .tenant = gr->key.tenant,
+                  .job = gr->key.job,
+                  .key_id = gr->key.id,
+                  .provider = gr->pc->name,
+                  .model = gr->call.model,
+                  .path = gr->path,
+                  .status = 402,
+                  .state = FB_ENTRY_BLOCKED,
+                  .outcome = scope_buf};
+    fb_ledger_insert(gr->g->ledger, &e, NULL, NULL);
+    fb_log(FB_LOG_INFO, "blocked: key=%s %s", gr->key.id, msg);
+    fb_req_reply(gr->req, 402,
+                 "x-should-retry: false\r\nx-fusebox-cost-usd: 0.0\r\n",
+                 "application/json", body ? body : "", body ? strlen(body) : 0);
+    gr->req = NULL;
+    free(body);
+    finish(gr);
+}
+
+static void with_key(gw_req *gr)
+{
+    gateway *g = gr->g;
+    char msg[512];
+    char *nb = NULL;
+    size_t nl = 0;
+    fb_scope *scopes[FB_SCOPES_MAX];
+    size_t n;
+    fb_refusal why;
+
+    const fb_provider_ops *ops = fb_provider_ops_for(gr->pc->kind);
+    fb_refuse r = ops->inspect(gr->pc, g->prices, gr->method, gr->path,
+                               gr->body, gr->body_len, &gr->call, &nb, &nl,
+                               msg, sizeof msg);
+    if (r != FB_REFUSE_NONE) {
+        reply_error(gr, 400,
+                    r == FB_REFUSE_UNKNOWN_PRICE    ? "unknown_price"
+                    : r == FB_REFUSE_UNPRICED_ROUTE ? "unpriced_route"
+                                                    : "invalid_request",
+                    msg);
+        finish(gr);
+        return;
+    }
+    if (nb != NULL) {
+        gr->new_body = nb;
+        gr->body = nb;
+        gr->body_len = nl;
+    }
+    key_scopes(gr, scopes, &n);
+    gr->ts_ms = fb_wall_ms();
+    fb_err err = fb_budget_reserve(scopes, n, gr->call.worst, gr->ts_ms,
+                                   &gr->resv, &why);
+    if (err == FB_ELIMIT) {
+        refuse_budget(gr, &why);
+        return;
+    }
+    if (err != FB_OK) {
+        reply_error(gr, 400, "invalid_request",
+                    "the worst-case cost of this call cannot be counted");
+        finish(gr);
+        return;
+    }
+    gr->id = ++g->next_id;
+    fb_entry e = {.id = gr->id,
+                  .ts_ms = gr->ts_ms,
+                  .tenant = gr->key.tenant,
+                  .job = gr->key.job,
+                  .key_id = gr->key.id,
+                  .provider = gr->pc->name,
+                  .model = gr->call.model,
+                  .path = gr->path,
+                  .status = 0,
+                  .reserved = gr->call.worst,
+                  .state = FB_ENTRY_RESERVED,
+                  .outcome = "in_flight"};
+    fb_ledger_insert(g->ledger, &e, on_reserved, gr);
+}
+
+/* Remember a key and give its own ceiling, if any, its counters. */
+static void cache_key(gateway *g, const fb_key_rec *k, fb_money window_spent)
+{
+    char name[FB_KEY_ID_LEN + 8];
+    if (fb_map_get(g->keys, (const char *)k->hash, 32) == NULL) {
+        fb_key_rec *copy = malloc(sizeof *copy);
+        FB_ASSERT(copy != NULL);
+        *copy = *k;
+        FB_ASSERT(fb_map_put(g->keys, (const char *)k->hash, 32, copy, NULL) ==
+                  FB_OK);
+    }
+    snprintf(name, sizeof name, "key:%s", k->id);
+    if (k->budget.set && fb_budget_find(g->budget, name) == NULL) {
+        fb_scope *s = fb_budget_scope(g->budget, name);
+        FB_ASSERT(s != NULL);
+        fb_scope_set_limit(s, &k->budget);
+        fb_scope_seed(s, fb_period_start(k->budget.period, fb_wall_ms()),
+                      window_spent);
+    }
+}
+
+static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
+                          fb_money window_spent)
+{
+    gw_req *gr = arg;
+    if (err == FB_ENOTFOUND || (err == FB_OK && k->revoked_ms != 0)) {
+        reply_error(gr, 401, "invalid_api_key",
+                    err == FB_OK ? "this fusebox key was revoked"
+                                 : "unknown fusebox key");
+        finish(gr);
+        return;
+    }
+    if (err != FB_OK) {
+        reply_error(gr, 503, "store_unavailable", "cannot check the key now");
+        finish(gr);
+        return;
+    }
+    cache_key(gr->g, k, window_spent);
+    gr->key = *k;
+    if (gr->client_gone) {
+        fb_req_reply(gr->req, 499, NULL, NULL, "", 0);
+        gr->req = NULL;
+        finish(gr);
+        return;
+    }
+    with_key(gr);
+}
+
+static void reply_simple(fb_req *req, int status, const char *json)
+{
+    fb_req_reply(req, status, NULL, "application/json", json, strlen(json));
+}
+
+static void handle(void *ud, fb_req *req)
+{
+    gateway *g = ud;
+    const fb_http_req *h = fb_req_head(req);
+    const char *t = h->target;
+    size_t tl = h->target_len;
+    size_t pathlen = strcspn(t, "?");
+    if (pathlen > tl)
+        pathlen = tl;
+
+    if (tl == 0 || t[0] != '/') {
+        fb_req_error(req, 400, "invalid_request", "request target must be a path",
+                     NULL);
+        return;
+    }
+    if ((pathlen == 8 && memcmp(t, "/healthz", 8) == 0) ||
+        (pathlen == 7 && memcmp(t, "/readyz", 7) == 0)) {
+        reply_simple(req, g->draining ? 503 : 200,
+                     g->draining ? "{\"status\":\"draining\"}"
+                                 : "{\"status\":\"ok\"}");
+        return;
+    }
+    /* /<provider>/<rest> */
+    const char *name = t + 1;
+    size_t nl = 0;
+    while (1 + nl < pathlen && name[nl] != '/')
+        nl++;
+    const fb_provider_conf *pc = fb_config_provider(g->c, name, nl);
+    if (pc == NULL) {
+        fb_req_error(req, 404, "unknown_provider",
+                     "no provider is configured at this path",
+                     "x-should-retry: false\r\n");
+        return;
+    }
+    if (unsafe_path(t, tl) || h->method_len >= 16) {
+        fb_req_error(req, 400, "invalid_request",
+                     "path segments '.' and '..' are not allowed",
+                     "x-should-retry: false\r\n");
+        return;
+    }
+    size_t klen = 0;
+    const char *ktext = client_key(h, &klen);
+    if (ktext == NULL || klen == 0) {
+        fb_req_error(req, 401, "missing_api_key",
+                     "send a fusebox key in Authorization: Bearer or x-api-key",
+                     "x-should-retry: false\r\n");
+        return;
+    }
+    if (!fb_key_well_formed(ktext, klen)) {
+        fb_req_error(req, 401, "invalid_api_key",
+                     "not a fusebox key (they start with fbk_)",
+                     "x-should-retry: false\r\n");
+        return;
+    }
+    gw_req *gr = calloc(1, sizeof *gr);
+    FB_ASSERT(gr != NULL);
+    g->inflight++;
+    gr->g = g;
+    gr->req = req;
+    gr->pc = pc;
+    gr->pidx = (size_t)(pc - g->c->providers);
+    gr->start_ns = fb_mono_ns();
+    memcpy(gr->method, h->method_str, h->method_len);
+    gr->path = fb_strndup(t + 1 + nl, tl - 1 - nl);
+    FB_ASSERT(gr->path != NULL);
+    gr->body = fb_req_body(req, &gr->body_len);
+    fb_req_on_close(req, on_client_close, gr);
+
+    uint8_t hash[32];
+    fb_key_hash(ktext, klen, hash);
+    const fb_key_rec *k = fb_map_get(g->keys, (const char *)hash, 32);
+    if (k != NULL && fb_key_hash_equal(k->hash, hash)) {
+        gr->key = *k;
+        with_key(gr);
+        return;
+    }
+    fb_ledger_key_lookup(g->ledger, hash, fb_wall_ms(), on_key_lookup, gr);
+}
+
+/* ---- start and stop ---- */
+
+static void on_change(void *arg, const fb_change *c)
+{
+    gateway *g = arg;
+    if (strcmp(c->kind, "key_revoked") != 0)
+        return;
+    size_t it = 0;
+    const char *k;
+    size_t kl;
+    void *v;
+    while (fb_map_next(g->keys, &it, &k, &kl, &v)) {
+        fb_key_rec *rec = v;
+        if (strcmp(rec->id, c->subject) == 0 ||
+            strcmp(rec->prefix, c->subject) == 0) {
+            free(fb_map_del(g->keys, k, kl));
+            fb_log(FB_LOG_INFO, "key %s revoked", c->subject);
+            return;
+        }
+    }
+}
+
+static void drain_done(evutil_socket_t fd, short what, void *arg)
+{
+    gateway *g = arg;
+    (void)fd;
+    (void)what;
+    fb_log(FB_LOG_WARN, "%zu calls still in flight after %d s; stopping",
+           g->inflight, DRAIN_SECONDS);
+    event_base_loopexit(g->base, NULL);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    gateway *g = arg;
+    (void)what;
+    if (g->draining)
+        return;
+    fb_log(FB_LOG_INFO, "signal %d: draining %zu calls in flight", (int)sig,
+           g->inflight);
+    g->draining = 1;
+    fb_server_stop_accepting(g->srv);
+    if (g->inflight == 0) {
+        event_base_loopexit(g->base, NULL);
+        return;
+    }
+    struct timeval tv = {DRAIN_SECONDS, 0};
+    evtimer_add(g->drain_timer, &tv);
+}
+
+/* Seed every configured ceiling from the store. */
+static int seed_scopes(gateway *g, fb_store *st)
+{
+    const fb_config *c = g->c;
+    int64_t now = fb_wall_ms();
+    char name[2 * FB_NAME_MAX + 16];
+    for (size_t ti = 0; ti <= c->ntenants; ti++) {
+        size_t nj = ti < c->ntenants ? c->tenants[ti].njobs : 0;
+        for (size_t ji = 0; ji <= nj; ji++) {
+            const fb_budget_spec *spec;
+            fb_spend_filter f = {0};
+            if (ti == c->ntenants) { /* the global scope, last */
+                if (ji > 0)
+                    break;
+                snprintf(name, sizeof name, "global");
+                spec = &c->global;
+            } else if (ji == nj) {
+                snprintf(name, sizeof name, "tenant:%s", c->tenants[ti].name);
+                spec = &c->tenants[ti].budget;
+                f.tenant = c->tenants[ti].name;
+            } else {
+                snprintf(name, sizeof name, "job:%s/%s", c->tenants[ti].name,
+                         c->tenants[ti].jobs[ji].name);
+                spec = &c->tenants[ti].jobs[ji].budget;
+                f.tenant = c->tenants[ti].name;
+                f.job = c->tenants[ti].jobs[ji].name;
+            }
+            fb_scope *s = fb_budget_scope(g->budget, name);
+            fb_spend sp;
+            if (s == NULL)
+                return -1;
+            fb_scope_set_limit(s, spec);
+            f.since_ms = fb_period_start(spec->period, now);
+            if (fb_store_spend(st, &f, &sp) != FB_OK)
+                return -1;
+            fb_scope_seed(s, f.since_ms, sp.spent);
+        }
+    }
+    return 0;
+}
+
+int fb_gateway_serve(const fb_config *c)
+{
+    gateway g = {0};
+    fb_store *st = NULL;
+    int rc = 1, port = 0;
+    char errbuf[512];
+    int64_t recovered = 0;
+
+    fb_log_set_level(c->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    g.c = c;
+    if (evthread_use_pthreads() != 0 || (g.base = event_base_new()) == NULL) {
+        fb_log(FB_LOG_ERROR, "cannot start the event loop");
+        goto out;
+    }
+    g.prices = fb_prices_new();
+    g.budget = fb_budget_new();
+    g.keys = fb_map_new();
+    g.provider_keys = calloc(c->nproviders + 1, sizeof *g.provider_keys);
+    if (!g.prices || !g.budget || !g.keys || !g.provider_keys)
+        goto out;
+    for (size_t i = 0; i < c->nprices; i++) {
+        if (fb_prices_load_file(g.prices, c->prices[i], errbuf,
+                                sizeof errbuf) != FB_OK) {
+            fb_log(FB_LOG_ERROR, "%s", errbuf);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < c->nmodel_prices; i++)
+        if (fb_prices_set(g.prices, c->model_prices[i].model,
+                          &c->model_prices[i].price) != FB_OK)
+            goto out;
+    for (size_t i = 0; i < c->nproviders; i++) {
+        const char *env = c->providers[i].api_key_env;
+        const char *v = env ? getenv(env) : NULL;
+        if (env && (v == NULL || *v == '\0'))
+            fb_log(FB_LOG_WARN,
+                   "%s is not set: calls to provider %s carry no provider key",
+                   env, c->providers[i].name);
+        if (v && *v && (g.provider_keys[i] = strdup(v)) == NULL)
+            goto out;
+    }
+
+    if (fb_store_open(c, &st, errbuf, sizeof errbuf) != FB_OK) {
+        fb_log(FB_LOG_ERROR, "%s", errbuf);
+        goto out;
+    }
+    if (fb_store_recover(st, &recovered) != FB_OK ||
+        fb_store_max_entry_id(st, &g.next_id) != FB_OK ||
+        seed_scopes(&g, st) != 0) {
+        fb_log(FB_LOG_ERROR, "cannot read the ledger in %s", c->data_dir);
+        goto out;
+    }
+    if (recovered > 0)
+        fb_log(FB_LOG_WARN,
+               "%lld calls were in flight at the last stop; charged in full",
+               (long long)recovered);
+    g.ledger = fb_ledger_start(g.base, st, 250, on_change, &g);
+    if (g.ledger == NULL)
+        goto out;
+    st = NULL;
+
+    fb_upstream_opts uo = {c->upstream_connect_timeout_ms,
+                           c->upstream_timeout_ms};
+    fb_server_opts so = {c->max_header_bytes, c->max_body_bytes,
+                         c->client_timeout_ms, c->max_connections};
+    g.up = fb_upstream_new(g.base, &uo);
+    g.srv = fb_server_new(g.base, &so, handle, &g);
+    if (g.up == NULL || g.srv == NULL)
+        goto out;
+    if (fb_server_listen(g.srv, c->listen_host, c->listen_port, &port) !=
+        FB_OK) {
+        fb_log(FB_LOG_ERROR, "cannot listen on %s:%d", c->listen_host,
+               c->listen_port);
+        goto out;
+    }
+    g.sig_term = evsignal_new(g.base, SIGTERM, on_signal, &g);
+    g.sig_int = evsignal_new(g.base, SIGINT, on_signal, &g);
+    g.drain_timer = evtimer_new(g.base, drain_done, &g);
+    if (!g.sig_term || !g.sig_int || !g.drain_timer)
+        goto out;
+    evsignal_add(g.sig_term, NULL);
+    evsignal_add(g.sig_int, NULL);
+
+    printf("fusebox listening on %s:%d\n", c->listen_host, port);
+    fflush(stdout);
+    fb_log(FB_LOG_INFO, "serving on %s:%d, store %s", c->listen_host, port,
+           c->data_dir);
+    event_base_dispatch(g.base);
+    fb_log(FB_LOG_INFO, "stopped");
+    rc = 0;
+out:
+    /* Close the front first: requests still owned here are abandoned (their
+     * rows stay RESERVED and are charged in full at the next start). */
+    fb_server_free(g.srv);
+    fb_upstream_free(g.up);
+    fb_ledger_stop(g.ledger);
+    fb_store_close(st);
+    if (g.sig_term)
+        event_free(g.sig_term);
+    if (g.sig_int)
+        event_free(g.sig_int);
+    if (g.drain_timer)
+        event_free(g.drain_timer);
+    if (g.keys)
+        fb_map_free(g.keys, free);
+    fb_budget_free(g.budget);
+    fb_prices_free(g.prices);
+    if (g.provider_keys)
+        for (size_t i = 0; i < c->nproviders; i++)
+            free(g.provider_keys[i]);
+    free(g.provider_keys);
+    if (g.base)
+        event_base_free(g.base);
+    return rc;
+}

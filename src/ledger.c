@@ -1,0 +1,336 @@
+/* ledger.c - one thread owns the store; the loop hands it operations.
+ *
+ *   loop thread                      ledger thread
+ *   -----------                      -------------
+ *   fb_ledger_insert() --queue-->    take the whole queue
+ *                                    BEGIN; run each op; COMMIT
+ *   done_cb(arg, err) <--done list-- event_active(done_ev)
+ *
+ * Invariants:
+ *  1. An op's callback runs exactly once, on the loop thread, and only
+ *     after the transaction holding its write has committed (or failed).
+ *  2. Ops run in the order they were queued, so a settlement never
+ *     overtakes the insert of its row.
+ *  3. When idle the thread polls the change feed every poll_ms. */
+#include "ledger.h"
+
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "budget.h"
+
+enum op_kind { OP_INSERT, OP_SETTLE, OP_KEY_LOOKUP };
+
+typedef struct op {
+    struct op *next;
+    enum op_kind kind;
+    fb_err err;
+    void *arg;
+    union {
+        fb_ledger_done_fn done;
+        fb_ledger_key_fn key;
+    } cb;
+    fb_entry entry; /* strings point into text[] */
+    int64_t now_ms;
+    uint8_t hash[32];
+    fb_key_rec key;
+    fb_money spent;
+    char text[]; /* copied strings */
+} op;
+
+struct fb_ledger {
+    fb_store *store;
+    struct event *done_ev;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    op *head, *tail;  /* queued, guarded by mu */
+    op *done;         /* finished, guarded by mu, reversed */
+    size_t backlog;   /* queued + running, guarded by mu */
+    int stopping;     /* guarded by mu */
+    int poll_ms;
+    int64_t change_seq;
+    fb_ledger_change_fn on_change;
+    void *change_arg;
+    fb_change *changes; /* for the loop, guarded by mu */
+    size_t nchanges;
+    fb_change *fetched; /* the thread's own, handed over under mu */
+    size_t nfetched, capfetched;
+};
+
+static void enqueue(fb_ledger *l, op *o)
+{
+    pthread_mutex_lock(&l->mu);
+    o->next = NULL;
+    if (l->tail)
+        l->tail->next = o;
+    else
+        l->head = o;
+    l->tail = o;
+    l->backlog++;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Copy the entry's strings into o->text; returns the op or NULL. */
+static op *op_with_entry(const fb_entry *e)
+{
+    const char *src[6] = {e->tenant, e->job,   e->key_id,
+                          e->provider, e->model, e->path};
+    size_t need = 0, outcome_len = e->outcome ? strlen(e->outcome) + 1 : 0;
+    for (int i = 0; i < 6; i++)
+        need += src[i] ? strlen(src[i]) + 1 : 0;
+    op *o = calloc(1, sizeof *o + need + outcome_len);
+    if (o == NULL)
+        return NULL;
+    o->entry = *e;
+    char *p = o->text;
+    const char **dst[6] = {&o->entry.tenant,   &o->entry.job,
+                           &o->entry.key_id,   &o->entry.provider,
+                           &o->entry.model,    &o->entry.path};
+    for (int i = 0; i < 6; i++) {
+        if (src[i] == NULL) {
+            *dst[i] = NULL;
+            continue;
+        }
+        size_t n = strlen(src[i]) + 1;
+        memcpy(p, src[i], n);
+        *dst[i] = p;
+        p += n;
+    }
+    if (e->outcome) {
+        memcpy(p, e->outcome, outcome_len);
+        o->entry.outcome = p;
+    }
+    return o;
+}
+
+void fb_ledger_insert(fb_ledger *l, const fb_entry *e, fb_ledger_done_fn cb,
+                      void *arg)
+{
+    op *o = op_with_entry(e);
+    FB_ASSERT(o != NULL); /* out of memory here would lose money silently */
+    o->kind = OP_INSERT;
+    o->cb.done = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+void fb_ledger_settle(fb_ledger *l, int64_t id, int status, fb_money cost,
+                      const char *outcome)
+{
+    fb_entry e = {.id = id, .status = status, .cost = cost, .outcome = outcome};
+    op *o = op_with_entry(&e);
+    FB_ASSERT(o != NULL);
+    o->kind = OP_SETTLE;
+    enqueue(l, o);
+}
+
+void fb_ledger_key_lookup(fb_ledger *l, const uint8_t hash[32], int64_t now_ms,
+                          fb_ledger_key_fn cb, void *arg)
+{
+    op *o = calloc(1, sizeof *o);
+    FB_ASSERT(o != NULL);
+    o->kind = OP_KEY_LOOKUP;
+    memcpy(o->hash, hash, 32);
+    o->now_ms = now_ms;
+    o->cb.key = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+size_t fb_ledger_backlog(fb_ledger *l)
+{
+    pthread_mutex_lock(&l->mu);
+    size_t n = l->backlog;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+static void run_op(fb_ledger *l, op *o)
+{
+    switch (o->kind) {
+    case OP_INSERT:
+        o->err = fb_store_entry_insert(l->store, &o->entry);
+        break;
+    case OP_SETTLE:
+        o->err = fb_store_entry_settle(l->store, o->entry.id, o->entry.status,
+                                       o->entry.cost, o->entry.outcome);
+        break;
+    case OP_KEY_LOOKUP:
+        o->err = fb_store_key_by_hash(l->store, o->hash, &o->key);
+        if (o->err == FB_OK && o->key.budget.set) {
+            fb_spend sp;
+            fb_spend_filter f = {
+                .key_id = o->key.id,
+                .since_ms = fb_period_start(o->key.budget.period, o->now_ms)};
+            o->err = fb_store_spend(l->store, &f, &sp);
+            o->spent = sp.spent;
+        }
+        break;
+    }
+}
+
+static int collect_change(void *arg, const fb_change *c)
+{
+    fb_ledger *l = arg;
+    if (l->nfetched == l->capfetched) {
+        size_t cap = l->capfetched ? l->capfetched * 2 : 16;
+        fb_change *n = realloc(l->fetched, cap * sizeof *n);
+        if (n == NULL)
+            return 1; /* the rest is fetched at the next poll */
+        l->fetched = n;
+        l->capfetched = cap;
+    }
+    l->fetched[l->nfetched++] = *c;
+    l->change_seq = c->seq;
+    return 0;
+}
+
+static void *thread_main(void *arg)
+{
+    fb_ledger *l = arg;
+    for (;;) {
+        pthread_mutex_lock(&l->mu);
+        if (l->head == NULL && !l->stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += (long)l->poll_ms * 1000000L;
+            ts.tv_sec += ts.tv_nsec / 1000000000L;
+            ts.tv_nsec %= 1000000000L;
+            pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+        }
+        op *batch = l->head;
+        int stop = l->stopping && batch == NULL;
+        l->head = l->tail = NULL;
+        /* Fetch again only once the loop took the last ones. */
+        int want_changes = l->on_change != NULL && l->changes == NULL;
+        pthread_mutex_unlock(&l->mu);
+        if (stop)
+            break;
+
+        fb_err terr = FB_OK;
+        if (batch != NULL) {
+            terr = fb_store_begin(l->store);
+            for (op *o = batch; o; o = o->next)
+                run_op(l, o);
+            if (terr == FB_OK)
+                terr = fb_store_commit(l->store);
+            if (terr != FB_OK)
+                fb_store_rollback(l->store);
+        }
+        if (want_changes)
+            (void)fb_store_changes(l->store, l->change_seq, collect_change, l);
+
+        pthread_mutex_lock(&l->mu);
+        size_t n = 0;
+        for (op *o = batch, *next; o; o = next) {
+            next = o->next;
+            n++;
+            if (terr != FB_OK && o->err == FB_OK)
+                o->err = terr;
+            o->next = l->done;
+            l->done = o;
+        }
+        l->backlog -= n;
+        if (l->nfetched > 0) {
+            l->changes = l->fetched;
+            l->nchanges = l->nfetched;
+            l->fetched = NULL;
+            l->nfetched = l->capfetched = 0;
+        }
+        int wake = l->done != NULL || l->nchanges > 0;
+        pthread_mutex_unlock(&l->mu);
+        if (wake)
+            event_active(l->done_ev, EV_READ, 0);
+    }
+    return NULL;
+}
+
+/* On the loop: run the callbacks of finished ops, deliver changes. */
+static void on_done(evutil_socket_t fd, short what, void *arg)
+{
+    fb_ledger *l = arg;
+    pthread_mutex_lock(&l->mu);
+    op *list = l->done;
+    l->done = NULL;
+    fb_change *changes = l->changes;
+    size_t nchanges = l->nchanges;
+    l->changes = NULL;
+    l->nchanges = 0;
+    pthread_mutex_unlock(&l->mu);
+
+    /* The done list is newest first; reverse it to run in queue order. */
+    op *fwd = NULL;
+    while (list) {
+        op *next = list->next;
+        list->next = fwd;
+        fwd = list;
+        list = next;
+    }
+    for (op *o = fwd, *next; o; o = next) {
+        next = o->next;
+        if (o->kind == OP_INSERT && o->cb.done)
+            o->cb.done(o->arg, o->err);
+        else if (o->kind == OP_KEY_LOOKUP)
+            o->cb.key(o->arg, o->err, o->err == FB_OK ? &o->key : NULL,
+                      o->spent);
+        free(o);
+    }
+    for (size_t i = 0; i < nchanges; i++)
+        l->on_change(l->change_arg, &changes[i]);
+    free(changes);
+}
+
+fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
+                           int poll_ms, fb_ledger_change_fn on_change,
+                           void *arg)
+{
+    fb_ledger *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return NULL;
+    l->store = store;
+    l->poll_ms = poll_ms > 0 ? poll_ms : 250;
+    l->on_change = on_change;
+    l->change_arg = arg;
+    if (fb_store_last_change(store, &l->change_seq) != FB_OK)
+        goto fail;
+    l->done_ev = event_new(base, -1, 0, on_done, l);
+    if (l->done_ev == NULL)
+        goto fail;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+    if (pthread_create(&l->thread, NULL, thread_main, l) != 0) {
+        pthread_mutex_destroy(&l->mu);
+        pthread_cond_destroy(&l->cv);
+        goto fail;
+    }
+    return l;
+fail:
+    if (l->done_ev)
+        event_free(l->done_ev);
+    free(l);
+    return NULL;
+}
+
+void fb_ledger_stop(fb_ledger *l)
+{
+    if (l == NULL)
+        return;
+    pthread_mutex_lock(&l->mu);
+    l->stopping = 1;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    pthread_join(l->thread, NULL);
+    on_done(-1, 0, l); /* callbacks of the last batch */
+    event_free(l->done_ev);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv);
+    fb_store_close(l->store);
+    free(l->changes);
+    free(l->fetched);
+    free(l);
+}

@@ -1,0 +1,121 @@
+/* store.h - the durable store behind fusebox: keys, the ledger of every
+ * request, and a change feed (revocations, later trips) that running
+ * daemons poll. One interface; SQLite (store_sqlite.c) is the embedded
+ * default and PostgreSQL comes later behind the same calls.
+ *
+ * A store handle is used by one thread at a time and every call blocks:
+ * the daemon calls it only from the ledger thread (ledger.c), the CLI
+ * directly. */
+#ifndef FB_STORE_H
+#define FB_STORE_H
+
+#include <stdint.h>
+#include "common.h"
+#include "config.h"
+#include "money.h"
+
+typedef struct fb_store fb_store;
+
+#define FB_KEY_ID_LEN 16 /* "k_" + 12 hex + NUL, padded */
+#define FB_NAME_MAX 65   /* tenant and job names: 1-64 chars + NUL */
+
+typedef struct fb_key_rec {
+    char id[FB_KEY_ID_LEN];
+    uint8_t hash[32]; /* SHA-256 of the whole virtual key */
+    char prefix[16];  /* "fbk_" + first chars, for humans */
+    char tenant[FB_NAME_MAX];
+    char job[FB_NAME_MAX]; /* "" when the key has no job */
+    int64_t attempt;       /* 0 when none */
+    fb_budget_spec budget; /* the key's own ceiling, if set */
+    int64_t created_ms;
+    int64_t revoked_ms; /* 0 while valid */
+} fb_key_rec;
+
+typedef enum fb_entry_state {
+    FB_ENTRY_RESERVED = 0, /* durable before the upstream call */
+    FB_ENTRY_SETTLED = 1,  /* final cost known (or charged in full) */
+    FB_ENTRY_BLOCKED = 2,  /* refused before any upstream call */
+} fb_entry_state;
+
+/* One ledger row. Strings are borrowed for the duration of the call. */
+typedef struct fb_entry {
+    int64_t id;
+    int64_t ts_ms; /* wall clock at reservation; decides the period */
+    const char *tenant;
+    const char *job; /* NULL or "" when none */
+    const char *key_id;
+    const char *provider;
+    const char *model;
+    const char *path;
+    int status; /* HTTP status given to the client; 0 while in flight */
+    fb_money reserved;
+    fb_money cost;
+    fb_entry_state state;
+    const char *outcome; /* "ok", "budget_exceeded:job:x", ... */
+} fb_entry;
+
+/* Which rows a spend query sums; NULL fields match anything. */
+typedef struct fb_spend_filter {
+    const char *tenant;
+    const char *job;
+    const char *key_id;
+    int64_t since_ms; /* inclusive */
+    int64_t until_ms; /* exclusive; 0 for no end */
+} fb_spend_filter;
+
+typedef struct fb_spend {
+    fb_money spent;    /* settled cost plus in-flight reservations */
+    fb_money reserved; /* the in-flight part of spent */
+    int64_t paid_calls;
+    int64_t blocked_calls;
+    int64_t calls;
+} fb_spend;
+
+typedef struct fb_change {
+    int64_t seq;
+    char kind[32];     /* "key_revoked", "key_created", ... */
+    char subject[128];
+} fb_change;
+
+/* Open (creating and migrating) the store for this config: SQLite under
+ * c->data_dir. errbuf gets a reason on failure. */
+fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
+                     size_t errcap);
+void fb_store_close(fb_store *s);
+
+/* Group several calls into one transaction (one commit, one fsync). */
+fb_err fb_store_begin(fb_store *s);
+fb_err fb_store_commit(fb_store *s);
+void fb_store_rollback(fb_store *s);
+
+fb_err fb_store_key_insert(fb_store *s, const fb_key_rec *k);
+/* FB_ENOTFOUND if no key has this hash (revoked ones are returned). */
+fb_err fb_store_key_by_hash(fb_store *s, const uint8_t hash[32],
+                            fb_key_rec *out);
+/* id may be the key id or its printed prefix. FB_ENOTFOUND if none. */
+fb_err fb_store_key_revoke(fb_store *s, const char *id, int64_t now_ms);
+/* Calls fn for every key, oldest first; stops early if fn returns != 0. */
+fb_err fb_store_key_list(fb_store *s,
+                         int (*fn)(void *arg, const fb_key_rec *k), void *arg);
+
+fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e);
+fb_err fb_store_entry_settle(fb_store *s, int64_t id, int status,
+                             fb_money cost, const char *outcome);
+/* Crash recovery: every row still RESERVED is settled at its full
+ * reservation (the provider may have billed it). *n gets the count. */
+fb_err fb_store_recover(fb_store *s, int64_t *n);
+fb_err fb_store_max_entry_id(fb_store *s, int64_t *out);
+fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out);
+/* Distinct (tenant, job) pairs in the ledger, for reports. */
+fb_err fb_store_scopes(fb_store *s,
+                       int (*fn)(void *arg, const char *tenant,
+                                 const char *job),
+                       void *arg);
+
+fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject);
+/* Changes with seq > after, in order; fn may stop early by returning != 0. */
+fb_err fb_store_changes(fb_store *s, int64_t after,
+                        int (*fn)(void *arg, const fb_change *c), void *arg);
+fb_err fb_store_last_change(fb_store *s, int64_t *seq);
+
+#endif
