@@ -900,7 +900,7 @@ int fb_gateway_serve(const fb_config *c)
     fflush(stdout);
     fb_log(FB_LOG_INFO, "serving on %s:%d, store %s", c->listen_host, port,
            c->data_dir);
-    event_base_dispatch(g.base);
+    event_base_loop(g.base, EVLOOP_NO_EXIT_ON_EMPTY);
     fb_log(FB_LOG_INFO, "stopped");
     rc = 0;
 out:

@@ -33,7 +33,7 @@ typedef struct fb_http_req {
     size_t method_len;
     const char *target; /* request-target as sent: "/openai/v1/chat?x=1" */
     size_t target_len;
-    int minor_version;  /* 0 or 1 */
+    int minor_version; /* 0 or 1 */
     fb_http_header headers[FB_HTTP_MAX_HEADERS];
     size_t nheaders;
     int64_t content_length; /* -1 when absent */
@@ -70,8 +70,8 @@ const char *fb_http_header_get(const fb_http_req *req, const char *name,
 typedef struct fb_http_chunked {
     int state;
     uint64_t remaining;
-    uint64_t total;    /* payload bytes decoded so far */
-    uint32_t metalen;  /* bytes in the current size line or trailer section */
+    uint64_t total;   /* payload bytes decoded so far */
+    uint32_t metalen; /* bytes in the current size line or trailer section */
 } fb_http_chunked;
 
 /* Framing that carries no payload is bounded, so a client cannot keep a

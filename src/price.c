@@ -46,6 +46,13 @@ static const char builtin_json[] = "{"
         "2.5e-06", "1e-05", "1.25e-06", "128000", "16384") ","
     OPENAI("gpt-4o-mini",
         "1.5e-07", "6e-07", "7.5e-08", "128000", "16384") ","
+    /* Embedding models: input only (OpenAI's published prices). */
+    OPENAI("text-embedding-3-small",
+        "2e-08", "0", "2e-08", "8191", "0") ","
+    OPENAI("text-embedding-3-large",
+        "1.3e-07", "0", "1.3e-07", "8191", "0") ","
+    OPENAI("text-embedding-ada-002",
+        "1e-07", "0", "1e-07", "8191", "0") ","
     OPENAI("gpt-4.1",
         "2e-06", "8e-06", "5e-07", "1047576", "32768") ","
     OPENAI("gpt-4.1-mini",

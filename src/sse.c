@@ -24,6 +24,7 @@ fb_err fb_sse_feed(fb_sse *s, const char *data, size_t len)
         memmove(s->buf, s->buf + s->start, s->len - s->start);
         s->len -= s->start;
         s->scan -= s->start;
+        s->line -= s->start;
         s->start = 0;
     }
     if (s->len + len > s->max)
@@ -43,56 +44,57 @@ fb_err fb_sse_feed(fb_sse *s, const char *data, size_t len)
     return FB_OK;
 }
 
-/* Length of the line ending at p (0 if none, or if a CR might still be
- * followed by LF in bytes not yet received). */
+/* Length of the line ending at p: 1 or 2; 0 for a CR that is the last
+ * byte so far (it may be the first half of a CRLF). */
 static size_t eol_len(const char *p, const char *end)
 {
     if (*p == '\n')
         return 1;
-    if (*p == '\r') {
-        if (p + 1 == end)
-            return 0;
-        return p[1] == '\n' ? 2 : 1;
-    }
-    return 0;
+    if (p + 1 == end)
+        return 0;
+    return p[1] == '\n' ? 2 : 1;
 }
 
 int fb_sse_next(fb_sse *s, const char **ev, size_t *len)
 {
     const char *base = s->buf, *end = s->buf + s->len;
-    size_t i = s->scan > s->start ? s->scan : s->start;
-    /* An event ends where a line ending is followed by another one. */
-    while (base + i < end) {
-        const char *p = memchr(base + i, '\n', (size_t)(end - base - i));
-        const char *q = memchr(base + i, '\r', (size_t)(end - base - i));
-        if (p == NULL || (q != NULL && q < p))
-            p = q;
-        if (p == NULL) {
-            i = (size_t)(end - base);
+    /* An event ends at a blank line that follows at least one field
+     * line. Blank lines before any field stay in the event's bytes, so
+     * that what is forwarded is exactly what was received. s->line is
+     * where the current line starts, s->scan where the search resumes. */
+    while (base + s->scan < end) {
+        const char *p = base + s->scan;
+        const char *lf = memchr(p, '\n', (size_t)(end - p));
+        const char *cr = memchr(p, '\r', (size_t)((lf ? lf : end) - p));
+        const char *eol = cr ? cr : lf;
+        if (eol == NULL) {
+            s->scan = s->len;
             break;
         }
-        size_t n = eol_len(p, end);
-        if (n == 0) { /* lone CR at the end: wait for more */
-            i = (size_t)(p - base);
-            break;
+        int blank = eol == base + s->line;
+        size_t n = eol_len(eol, end);
+        if (n == 0) {
+            /* A lone CR at the end: a blank line ends the event now (an
+             * LF after it would only be a blank line of the next one);
+             * otherwise look at it again when more bytes come. */
+            if (!(blank && s->has_field)) {
+                s->scan = (size_t)(eol - base);
+                break;
+            }
+            n = 1;
         }
-        const char *next = p + n;
-        int at_line_start = (size_t)(p - base) == s->start ||
-                            p[-1] == '\n' || p[-1] == '\r';
-        if (at_line_start && (size_t)(p - base) > s->start) {
-            /* p is a blank line: the event is [start, next). */
+        size_t next = (size_t)(eol - base) + n;
+        if (blank && s->has_field) {
             *ev = base + s->start;
-            *len = (size_t)(next - base) - s->start;
-            s->start = (size_t)(next - base);
-            s->scan = s->start;
+            *len = next - s->start;
+            s->start = s->line = s->scan = next;
+            s->has_field = 0;
             return 1;
         }
-        if (at_line_start) { /* stray blank line before any field */
-            s->start = (size_t)(next - base);
-        }
-        i = (size_t)(next - base);
+        if (!blank)
+            s->has_field = 1;
+        s->line = s->scan = next;
     }
-    s->scan = i;
     return 0;
 }
 

@@ -9,7 +9,9 @@
 typedef struct fb_sse {
     char *buf;
     size_t len, cap, start;
-    size_t scan;    /* where the search for the next blank line resumes */
+    size_t line;    /* start of the line being read */
+    size_t scan;    /* where the search for a line end resumes */
+    int has_field;  /* a non-blank line was seen since start */
     size_t max;     /* an event longer than this is an error */
 } fb_sse;
 

@@ -21,8 +21,8 @@ static char *last_copy;
 
 /* Parse from a heap copy of exactly len bytes, so that ASan reports any
  * read past the end. With copy, the caller gets the buffer to free. */
-static int parse_n(const char *s, size_t len, size_t max_head,
-                   fb_http_req *req, char **copy)
+static int parse_n(const char *s, size_t len, size_t max_head, fb_http_req *req,
+                   char **copy)
 {
     char *b = malloc(len ? len : 1);
     assert_non_null(b);
@@ -82,8 +82,7 @@ static void test_simple_get(void **state)
     assert_int_equal(req.minor_version, 1);
     assert_int_equal(req.nheaders, 2);
     assert_span(req.headers[0].name, req.headers[0].name_len, "Host");
-    assert_span(req.headers[0].value, req.headers[0].value_len,
-                "example.com");
+    assert_span(req.headers[0].value, req.headers[0].value_len, "example.com");
     assert_int_equal(req.content_length, -1);
     assert_int_equal(req.chunked, 0);
     assert_int_equal(req.keep_alive, 1);
@@ -218,8 +217,7 @@ static void test_header_lookup(void **state)
     assert_non_null(fb_http_header_get(&req, "x-dup", NULL));
 }
 
-static void check_keep_alive(const char *version, const char *conn,
-                             int want)
+static void check_keep_alive(const char *version, const char *conn, int want)
 {
     char s[256];
     size_t n = 0;
@@ -279,18 +277,21 @@ static void test_expect_continue(void **state)
                       "Content-Length: 3\r\n\r\n",
                       &req) > 0);
     assert_int_equal(req.expect_continue, 1);
-    assert_true(parse("POST / HTTP/1.1\r\nexpect:  100-Continue \r\n\r\n",
-                      &req) > 0);
+    assert_true(
+        parse("POST / HTTP/1.1\r\nexpect:  100-Continue \r\n\r\n", &req) > 0);
     assert_int_equal(req.expect_continue, 1);
     /* HTTP/1.0 clients cannot ask for it (RFC 9110 10.1.1). */
-    assert_true(parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n",
-                      &req) > 0);
-    assert_int_equal(req.expect_continue, 0);
-    assert_true(parse("POST / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", &req) >
+    assert_true(parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n", &req) >
                 0);
+    assert_int_equal(req.expect_continue, 0);
+    assert_true(parse("POST / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", &req) > 0);
     assert_int_equal(req.expect_continue, 0);
     assert_true(parse("POST / HTTP/1.1\r\n\r\n", &req) > 0);
     assert_int_equal(req.expect_continue, 0);
+    assert_true(parse("POST / HTTP/1.1\r\nExpect: 100-continue\r\n"
+                      "Expect: x\r\n\r\n",
+                      &req) > 0);
+    assert_int_equal(req.expect_continue, 1);
 }
 
 static void test_content_length_variants(void **state)
@@ -300,16 +301,16 @@ static void test_content_length_variants(void **state)
     assert_true(parse("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &req) >
                 0);
     assert_int_equal(req.content_length, 0);
-    assert_true(parse("POST / HTTP/1.1\r\nContent-Length: 007\r\n\r\n",
-                      &req) > 0);
+    assert_true(parse("POST / HTTP/1.1\r\nContent-Length: 007\r\n\r\n", &req) >
+                0);
     assert_int_equal(req.content_length, 7);
     assert_true(parse("POST / HTTP/1.1\r\n"
                       "Content-Length: 9223372036854775807\r\n\r\n",
                       &req) > 0);
     assert_int_equal(req.content_length, INT64_MAX);
     /* Equal values, in one field or several, are one value. */
-    assert_true(parse("POST / HTTP/1.1\r\nContent-Length: 5, 5,5\r\n\r\n",
-                      &req) > 0);
+    assert_true(
+        parse("POST / HTTP/1.1\r\nContent-Length: 5, 5,5\r\n\r\n", &req) > 0);
     assert_int_equal(req.content_length, 5);
     assert_true(parse("POST / HTTP/1.1\r\ncontent-length: 5\r\n"
                       "Content-Length: 05\r\n\r\n",
@@ -326,8 +327,8 @@ static void test_transfer_encoding_chunked(void **state)
         "POST / HTTP/1.1\r\ntransfer-encoding: CHUNKED\r\n\r\n",
         "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n",
         "POST / HTTP/1.1\r\nTransfer-Encoding: , chunked,\r\n\r\n",
-        "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n",
+        ("POST / HTTP/1.1\r\nTransfer-Encoding:\r\n"
+         "Transfer-Encoding: chunked\r\n\r\n"),
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         assert_int_equal(parse(ok[i], &req), (int)strlen(ok[i]));
@@ -395,12 +396,9 @@ static const struct bad_case {
     {"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n", -400},
     {"POST / HTTP/1.1\r\nContent-Length: 5,\r\n\r\n", -400},
     {"POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n", -400},
-    {"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-     -400},
-    {"POST / HTTP/1.1\r\nContent-Length: 9223372036854775808\r\n\r\n",
-     -400},
-    {"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
-     -400},
+    {"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", -400},
+    {"POST / HTTP/1.1\r\nContent-Length: 9223372036854775808\r\n\r\n", -400},
+    {"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", -400},
     /* Transfer-Encoding */
     {"POST / HTTP/1.1\r\nContent-Length: 5\r\n"
      "Transfer-Encoding: chunked\r\n\r\n",
@@ -409,8 +407,7 @@ static const struct bad_case {
      "Content-Length: 5\r\n\r\n",
      -400},
     {"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", -400},
-    {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
-     -400},
+    {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", -400},
     {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
      "Transfer-Encoding: chunked\r\n\r\n",
      -400},
@@ -593,8 +590,8 @@ static int drive(const char *in, size_t n, size_t first, size_t step,
     assert_non_null(tmp);
     size_t pending = 0, fed = 0, total_out = 0, total_used = 0;
     int rc = 0;
-    for (;;) {
-        size_t piece = fed == 0 ? first : step;
+    for (int round = 0;; round++) {
+        size_t piece = round == 0 ? first : step;
         if (piece > n - fed)
             piece = n - fed;
         memcpy(buf + pending, in + fed, piece);
@@ -630,11 +627,10 @@ static void check_chunked(const char *in, size_t n, size_t body_end,
     for (int inplace = 0; inplace < 2; inplace++) {
         /* Whole, then split in two at every offset, then byte by byte. */
         for (size_t first = 0; first <= n; first++) {
-            int rc = drive(in, n, first, n, max_body, inplace, out, &outn,
-                           &used);
+            int rc =
+                drive(in, n, first, n, max_body, inplace, out, &outn, &used);
             if (rc != 1)
-                fail_msg("split at %zu inplace %d: rc %d", first, inplace,
-                         rc);
+                fail_msg("split at %zu inplace %d: rc %d", first, inplace, rc);
             assert_int_equal(used, body_end);
             assert_int_equal(outn, wantn);
             assert_memory_equal(out, want, wantn);
@@ -675,15 +671,15 @@ static void test_chunked_stops_at_end(void **state)
     fb_http_chunked d = {0};
     size_t consumed = 99, outlen = 99;
     char out[64];
-    assert_int_equal(fb_http_chunked_decode(&d, s, strlen(s), &consumed, out,
-                                            &outlen, 100),
-                     1);
+    assert_int_equal(
+        fb_http_chunked_decode(&d, s, strlen(s), &consumed, out, &outlen, 100),
+        1);
     assert_int_equal(consumed, body);
     assert_int_equal(d.total, 3);
     /* Done stays done and takes nothing more. */
-    assert_int_equal(fb_http_chunked_decode(&d, s + body, 5, &consumed, out,
-                                            &outlen, 100),
-                     1);
+    assert_int_equal(
+        fb_http_chunked_decode(&d, s + body, 5, &consumed, out, &outlen, 100),
+        1);
     assert_int_equal(consumed, 0);
     assert_int_equal(outlen, 0);
 }
@@ -783,16 +779,14 @@ static void test_chunked_sticky_error(void **state)
         fb_http_chunked_decode(&d, "z\r\n", 3, &consumed, out, &outlen, 99),
         -400);
     assert_int_equal(
-        fb_http_chunked_decode(&d, "0\r\n\r\n", 5, &consumed, out, &outlen,
-                               99),
+        fb_http_chunked_decode(&d, "0\r\n\r\n", 5, &consumed, out, &outlen, 99),
         -400);
     memset(&d, 0, sizeof d);
     assert_int_equal(
         fb_http_chunked_decode(&d, "9\r\n", 3, &consumed, out, &outlen, 8),
         -413);
     assert_int_equal(
-        fb_http_chunked_decode(&d, "0\r\n\r\n", 5, &consumed, out, &outlen,
-                               8),
+        fb_http_chunked_decode(&d, "0\r\n\r\n", 5, &consumed, out, &outlen, 8),
         -413);
 }
 
@@ -885,8 +879,8 @@ static size_t mutate(char *buf, size_t n, size_t cap)
     int edits = 1 + (int)(rng() % 4);
     for (int e = 0; e < edits; e++) {
         size_t at = n ? (size_t)(rng() % n) : 0;
-        char c = (rng() & 1) ? alphabet[rng() % (sizeof alphabet - 1)]
-                             : (char)rng();
+        char c =
+            (rng() & 1) ? alphabet[rng() % (sizeof alphabet - 1)] : (char)rng();
         switch (rng() % 4) {
         case 0: /* replace */
             if (n)
@@ -939,6 +933,9 @@ static void test_random(void **state)
 {
     (void)state;
     char buf[512];
+    /* ok, 0, -400, -431, -501, -505, chunked bodies: each must be seen,
+     * or the loop is not testing what it claims. */
+    int seen[7] = {0};
     for (int iter = 0; iter < 200000; iter++) {
         size_t n;
         if (iter % 4 == 0) {
@@ -972,14 +969,37 @@ static void test_random(void **state)
                              rc);
             assert_int_equal(
                 parse_n(copy, (size_t)rc - 1, max_head, &again, NULL), 0);
-            if (req.chunked)
+            seen[0]++;
+            if (req.chunked) {
+                seen[6]++;
                 check_random_chunked(copy + rc, n - (size_t)rc);
+            }
         } else {
-            assert_true(rc == 0 || rc == -400 || rc == -431 || rc == -501 ||
-                        rc == -505);
+            switch (rc) {
+            case 0:
+                seen[1]++;
+                break;
+            case -400:
+                seen[2]++;
+                break;
+            case -431:
+                seen[3]++;
+                break;
+            case -501:
+                seen[4]++;
+                break;
+            case -505:
+                seen[5]++;
+                break;
+            default:
+                fail_msg("iteration %d: unexpected %d", iter, rc);
+            }
         }
         free(copy);
     }
+    for (int i = 0; i < 7; i++)
+        if (seen[i] < 100)
+            fail_msg("outcome %d seen only %d times", i, seen[i]);
 }
 
 static void test_random_chunked(void **state)

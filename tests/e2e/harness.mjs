@@ -1,0 +1,694 @@
+// harness.mjs - the shared side of the black-box tests: start the real
+// fusebox binary (the fake paid provider and the gateway in front of it)
+// in a fresh temp dir, talk to it, stop it, and fail the test when any
+// process printed a sanitizer report. Nothing here sleeps to synchronise:
+// waits poll a condition with a bound (waitFor).
+//
+//   FUSEBOX_BIN       the binary (default: build/fusebox in the repo)
+//   FUSEBOX_VALGRIND  1: run the daemon under valgrind (bounds grow x10)
+
+import { spawn, execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+export const REPO = resolve(HERE, '..', '..');
+
+function binPath() {
+  const b = process.env.FUSEBOX_BIN || 'build/fusebox';
+  return isAbsolute(b) ? b : resolve(REPO, b);
+}
+export const BIN = binPath();
+export const VALGRIND = process.env.FUSEBOX_VALGRIND === '1';
+/** Multiplier for every time bound (valgrind is ~20x slower). */
+export const SLOW = VALGRIND ? 10 : 1;
+
+export const PROVIDER_KEYS = {
+  OPENAI_API_KEY: 'sk-fake-openai',
+  ANTHROPIC_API_KEY: 'sk-fake-anthropic',
+  GENERIC_API_KEY: 'fake-generic-key',
+};
+
+const SANITIZER_MARKS = ['AddressSanitizer', 'LeakSanitizer', 'runtime error:',
+  'assertion failed'];
+// What valgrind -q prints for a memory error (the exit code 99 says it too,
+// but only at a clean exit).
+const VALGRIND_ERROR = /==\d+== (Invalid (read|write|free)|Conditional jump|Use of uninitialised|Syscall param|Mismatched free|Source and destination overlap|\d+ bytes in \d+ blocks are definitely lost)/;
+
+function reportIn(text) {
+  return SANITIZER_MARKS.some((m) => text.includes(m)) || VALGRIND_ERROR.test(text);
+}
+
+/* ------------------------------------------------------------------ */
+/* money: exact decimal USD <-> BigInt picodollars                     */
+
+const PICO_DIGITS = 12;
+export const PICO_PER_USD = 10n ** 12n;
+
+/** "0.0000126", "5", "-1.25", "1.5e-07" -> BigInt picodollars, exactly.
+ *  Throws if the text is not a number or has digits finer than 1e-12. */
+export function pico(text) {
+  if (typeof text === 'bigint') return text;
+  if (typeof text === 'number') {
+    if (!Number.isSafeInteger(text)) throw new Error(`pico(${text}): not an exact integer`);
+    return BigInt(text);
+  }
+  const m = /^\s*\$?([+-])?(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?\s*$/.exec(String(text));
+  if (!m || (m[2] === '' && (m[3] === undefined || m[3] === ''))) {
+    throw new Error(`pico(${JSON.stringify(text)}): not a decimal amount`);
+  }
+  const sign = m[1] === '-' ? -1n : 1n;
+  const intPart = m[2] || '';
+  const frac = m[3] || '';
+  const exp = m[4] ? Number.parseInt(m[4], 10) : 0;
+  let digits = (intPart + frac).replace(/^0+(?=\d)/, '') || '0';
+  let scale = PICO_DIGITS - frac.length + exp; // digits * 10^scale
+  if (scale >= 0) return sign * BigInt(digits) * 10n ** BigInt(scale);
+  const cut = -scale;
+  const padded = digits.padStart(cut + 1, '0');
+  const kept = padded.slice(0, padded.length - cut);
+  const dropped = padded.slice(padded.length - cut);
+  if (/[^0]/.test(dropped)) {
+    throw new Error(`pico(${JSON.stringify(text)}): finer than a picodollar`);
+  }
+  return sign * BigInt(kept);
+}
+
+/** BigInt picodollars -> "0.0000126" (exact; at least one decimal). */
+export function usd(p) {
+  p = BigInt(p);
+  const neg = p < 0n;
+  if (neg) p = -p;
+  const whole = p / PICO_PER_USD;
+  let frac = (p % PICO_PER_USD).toString().padStart(PICO_DIGITS, '0').replace(/0+$/, '');
+  if (frac === '') frac = '0';
+  return `${neg ? '-' : ''}${whole}.${frac}`;
+}
+
+/* ------------------------------------------------------------------ */
+/* waiting                                                             */
+
+/** Poll fn() (sync or async) until it returns a truthy value; return it.
+ *  Throws after timeoutMs (scaled by SLOW) with the message (a string or
+ *  a function giving one) and the last value seen. */
+export async function waitFor(fn, { timeoutMs = 5000, intervalMs = 20, message = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs * SLOW;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() > deadline) {
+      const what = typeof message === 'function' ? message() : message;
+      throw new Error(`timed out after ${timeoutMs * SLOW} ms waiting for ${what}` +
+        ` (last: ${safeJson(last)})`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+function safeJson(v) {
+  try {
+    return JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? x.toString() : x));
+  } catch {
+    return String(v);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* child processes                                                     */
+
+const live = new Set();
+
+function killAllSync() {
+  for (const p of live) {
+    try { p.child.kill('SIGKILL'); } catch { /* gone */ }
+  }
+  live.clear();
+}
+process.on('exit', killAllSync);
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.once(sig, () => { killAllSync(); process.exit(130); });
+}
+
+/** A long-running child whose stdout announces "... listening on H:P". */
+class Proc {
+  constructor(name, cmd, args, { env, cwd } = {}) {
+    this.name = name;
+    this.stdout = '';
+    this.stderr = '';
+    this.exited = false;
+    this.code = null;
+    this.signal = null;
+    this.child = spawn(cmd, args, {
+      env: { ...process.env, ...env },
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.pid = this.child.pid;
+    this.child.stdout.setEncoding('utf8');
+    this.child.stderr.setEncoding('utf8');
+    this.child.stdout.on('data', (d) => { this.stdout += d; });
+    this.child.stderr.on('data', (d) => { this.stderr += d; });
+    this.exitPromise = new Promise((res) => {
+      this.child.on('exit', (code, signal) => {
+        this.exited = true;
+        this.code = code;
+        this.signal = signal;
+        live.delete(this);
+        res({ code, signal });
+      });
+      this.child.on('error', (err) => {
+        this.stderr += `\n[harness] spawn error: ${err.message}\n`;
+        this.exited = true;
+        live.delete(this);
+        res({ code: -1, signal: null });
+      });
+    });
+    // Both pipes closed too: everything the child wrote has been read.
+    this.closedPromise = new Promise((res) => this.child.on('close', res));
+    live.add(this);
+  }
+
+  /** Wait for the ready line; returns "HOST:PORT". */
+  async ready(prefix, timeoutMs = 10000) {
+    const re = new RegExp(`^${prefix} listening on (\\S+):(\\d+)\\s*$`, 'm');
+    const m = await waitFor(() => {
+      if (this.exited) {
+        throw new Error(`${this.name} exited (code ${this.code}, signal ${this.signal}) ` +
+          `before it was ready; stderr:\n${this.stderr}`);
+      }
+      return re.exec(this.stdout);
+    }, { timeoutMs, intervalMs: 10, message: `${this.name} ready line` });
+    return { host: m[1], port: Number(m[2]), addr: `${m[1]}:${m[2]}` };
+  }
+
+  /** SIGTERM (or sig), wait for exit (bounded), then SIGKILL. */
+  async stop(sig = 'SIGTERM', timeoutMs = 15000) {
+    if (!this.exited) {
+      try { this.child.kill(sig); } catch { /* gone */ }
+      const t = setTimeout(() => { try { this.child.kill('SIGKILL'); } catch { /* */ } },
+        timeoutMs * SLOW);
+      await this.exitPromise;
+      clearTimeout(t);
+    }
+    await Promise.race([this.closedPromise,
+      new Promise((r) => setTimeout(r, 2000).unref())]);
+    return { code: this.code, signal: this.signal };
+  }
+
+  sanitizerReport() {
+    return reportIn(this.stderr) ? this.stderr : null;
+  }
+}
+
+/** Run a fusebox CLI command to its end. */
+export function run(args, { env, timeoutMs = 20000 } = {}) {
+  return new Promise((res) => {
+    execFile(BIN, args, {
+      env: { ...process.env, ...env },
+      timeout: timeoutMs * SLOW,
+      maxBuffer: 16 << 20,
+    }, (err, stdout, stderr) => {
+      res({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/* ------------------------------------------------------------------ */
+/* plain HTTP (one connection per request: no pooled sockets to race   */
+/* the gateway's idle timeout)                                         */
+
+/** request('POST', url, {headers, body}) -> {status, headers, text, json}.
+ *  Rejects only on transport errors. */
+export function request(method, url, { headers = {}, body, timeoutMs = 30000 } = {}) {
+  return new Promise((res, rej) => {
+    // Not new URL(url): it would normalise "/a/../b", which tests send on
+    // purpose.
+    const m = /^http:\/\/([^/:]+|\[[^\]]+\]):(\d+)(\/.*)?$/.exec(url);
+    if (!m) throw new Error(`request: cannot parse ${url}`);
+    const u = { hostname: m[1].replace(/^\[|\]$/g, ''), port: m[2], pathname: m[3] || '/', search: '' };
+    const data = body === undefined ? undefined
+      : (typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body));
+    const h = { ...headers };
+    if (data !== undefined && !Object.keys(h).some((k) => k.toLowerCase() === 'content-type')) {
+      h['content-type'] = 'application/json';
+    }
+    if (data !== undefined) h['content-length'] = Buffer.byteLength(data);
+    const req = http.request({
+      host: u.hostname, port: u.port, path: u.pathname + u.search, method,
+      headers: h, agent: false,
+    }, (resp) => {
+      const chunks = [];
+      resp.on('data', (c) => chunks.push(c));
+      resp.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let json;
+        try { json = JSON.parse(text); } catch { json = undefined; }
+        res({ status: resp.statusCode, headers: resp.headers, text, json });
+      });
+      resp.on('error', rej);
+    });
+    req.setTimeout(timeoutMs * SLOW, () => req.destroy(new Error(`${method} ${url}: timed out`)));
+    req.on('error', rej);
+    if (data !== undefined) req.write(data);
+    req.end();
+  });
+}
+
+/** Write raw bytes to host:port; resolve with what came back before the
+ *  server closed (or the bound passed). Options: end (half-close after
+ *  writing, default false), timeoutMs. Write errors (the server closing
+ *  early) are tolerated. */
+export function rawExchange(host, port, bytes, { timeoutMs = 5000 } = {}) {
+  return new Promise((res) => {
+    const chunks = [];
+    let done = false;
+    const sock = net.connect({ host, port });
+    const finish = (why) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      sock.destroy();
+      const text = Buffer.concat(chunks).toString('latin1');
+      res({ text, why, ...parseRawResponse(text) });
+    };
+    const timer = setTimeout(() => finish('timeout'), timeoutMs * SLOW);
+    sock.on('connect', () => sock.write(bytes, () => { /* written */ }));
+    sock.on('data', (c) => chunks.push(c));
+    sock.on('end', () => finish('end'));
+    sock.on('close', () => finish('close'));
+    sock.on('error', () => { /* EPIPE/ECONNRESET after an early answer */ });
+  });
+}
+
+function parseRawResponse(text) {
+  const m = /^HTTP\/1\.[01] (\d{3})[^\r\n]*\r\n([\s\S]*?)\r\n\r\n([\s\S]*)$/.exec(text);
+  if (!m) return { status: null, headers: {}, body: '', json: undefined };
+  const headers = {};
+  for (const line of m[2].split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+  }
+  let body = m[3];
+  if (headers['content-length'] !== undefined) body = body.slice(0, Number(headers['content-length']));
+  let json;
+  try { json = JSON.parse(body); } catch { json = undefined; }
+  return { status: Number(m[1]), headers, body, json };
+}
+
+/** A loopback port that nothing listens on (bound, then closed). */
+export async function closedPort() {
+  const srv = net.createServer();
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address();
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/* ------------------------------------------------------------------ */
+/* config                                                              */
+
+function yq(s) {
+  return JSON.stringify(String(s)); // a JSON string is a YAML double-quoted scalar
+}
+
+/** The YAML text of a config. budgets: {global, tenants: {T: {budget,
+ *  jobs: {J: budget}}}}; limits: {...}; providers: extra providers
+ *  {name: {kind, base_url, ...}} merged over the defaults. */
+function configYaml(o) {
+  const lines = [];
+  lines.push(`listen: ${yq('127.0.0.1:0')}`);
+  lines.push(`data_dir: ${yq(o.dataDir)}`);
+  if (o.logLevel) lines.push(`log_level: ${o.logLevel}`);
+  if (o.prices && o.prices.length) {
+    lines.push('prices:');
+    for (const p of o.prices) lines.push(`  - ${yq(p)}`);
+  }
+  if (o.modelPrices && Object.keys(o.modelPrices).length) {
+    lines.push('model_prices:');
+    for (const [m, p] of Object.entries(o.modelPrices)) {
+      lines.push(`  ${yq(m)}:`);
+      for (const [k, v] of Object.entries(p)) lines.push(`    ${k}: ${yq(v)}`);
+    }
+  }
+  lines.push('providers:');
+  for (const [name, p] of Object.entries(o.providers)) {
+    lines.push(`  ${name}:`);
+    for (const [k, v] of Object.entries(p)) {
+      if (v !== undefined && v !== null) lines.push(`    ${k}: ${yq(v)}`);
+    }
+  }
+  const b = o.budgets || {};
+  lines.push('budgets:');
+  if (b.global !== undefined) lines.push(`  global: ${yq(b.global)}`);
+  const tenants = b.tenants || {};
+  if (Object.keys(tenants).length) {
+    lines.push('  tenants:');
+    for (const [t, tc] of Object.entries(tenants)) {
+      lines.push(`    ${t}:`);
+      if (tc.budget !== undefined) lines.push(`      budget: ${yq(tc.budget)}`);
+      const jobs = tc.jobs || {};
+      if (Object.keys(jobs).length) {
+        lines.push('      jobs:');
+        for (const [j, jb] of Object.entries(jobs)) {
+          lines.push(jb === null || jb === undefined ? `        ${j}: {}` : `        ${j}: ${yq(jb)}`);
+        }
+      } else if (tc.budget === undefined) {
+        lines.push('      jobs: {}');
+      }
+    }
+  }
+  if (o.limits && Object.keys(o.limits).length) {
+    lines.push('limits:');
+    for (const [k, v] of Object.entries(o.limits)) lines.push(`  ${k}: ${v}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/* ------------------------------------------------------------------ */
+/* the environment: fake provider + gateway                            */
+
+/**
+ * Start the fake provider and the gateway in a fresh temp dir.
+ *
+ * opts:
+ *   budgets     {global, tenants: {T: {budget, jobs: {J: budget}}}}
+ *   limits      {max_body_bytes, upstream_timeout_ms, ...}
+ *   providers   extra/overriding providers: {name: {kind, base_url, ...}};
+ *               base_url may contain "FAKE" for the fake's http://HOST:PORT
+ *   generic     {price, countField} for both the fake and the generic provider
+ *   pricesJson  a LiteLLM-style price object given to both sides
+ *   modelPrices model_prices overrides (gateway only)
+ *   logLevel
+ *   t           a node:test context: cleanup is registered with t.after
+ *
+ * Call env.close() at the end (or pass t): it stops everything and
+ * asserts that no process printed a sanitizer report.
+ */
+export async function startEnv(opts = {}) {
+  const env = new Env(opts);
+  if (opts.t) opts.t.after(() => env.close());
+  try {
+    await env.start();
+  } catch (e) {
+    await env.close({ check: false });
+    throw e;
+  }
+  return env;
+}
+
+class Env {
+  constructor(opts) {
+    this.opts = opts;
+    this.dir = mkdtempSync(join(tmpdir(), 'fusebox-e2e-'));
+    this.dataDir = join(this.dir, 'data');
+    this.configPath = join(this.dir, 'fusebox.yaml');
+    this.fake = null;
+    this.gw = null;
+    this.old = []; // stopped processes, kept for their stderr
+    this.closed = false;
+  }
+
+  async start() {
+    const o = this.opts;
+    let pricesFile = null;
+    if (o.pricesJson) {
+      pricesFile = join(this.dir, 'prices.json');
+      writeFileSync(pricesFile, JSON.stringify(o.pricesJson, null, 2));
+    }
+    const fakeArgs = ['fake-provider', '--listen', '127.0.0.1:0'];
+    if (o.generic?.price !== undefined) fakeArgs.push('--generic-price', String(o.generic.price));
+    if (o.generic?.countField) fakeArgs.push('--generic-count-field', o.generic.countField);
+    if (pricesFile) fakeArgs.push('--prices', pricesFile);
+    this.fake = new Proc('fake-provider', BIN, fakeArgs, { cwd: this.dir });
+    const f = await this.fake.ready('fake-provider');
+    this.fakeAddr = f.addr;
+    this.fakeUrl = `http://${f.addr}`;
+
+    const providers = {
+      openai: { kind: 'openai', base_url: this.fakeUrl, api_key_env: 'OPENAI_API_KEY' },
+      anthropic: { kind: 'anthropic', base_url: this.fakeUrl, api_key_env: 'ANTHROPIC_API_KEY' },
+      generic: {
+        kind: 'generic', base_url: `${this.fakeUrl}/generic`, api_key_env: 'GENERIC_API_KEY',
+        price_per_call_usd: o.generic?.price !== undefined ? String(o.generic.price) : '0.008',
+        count_field: o.generic?.countField,
+      },
+    };
+    for (const [name, p] of Object.entries(o.providers || {})) {
+      const copy = { ...p };
+      if (typeof copy.base_url === 'string') copy.base_url = copy.base_url.replace('FAKE', this.fakeUrl);
+      providers[name] = copy;
+    }
+    this.yaml = configYaml({
+      dataDir: this.dataDir,
+      logLevel: o.logLevel,
+      prices: pricesFile ? [pricesFile] : [],
+      modelPrices: o.modelPrices,
+      providers,
+      budgets: o.budgets || { tenants: { acme: { jobs: { main: null } } } },
+      limits: o.limits,
+    });
+    writeFileSync(this.configPath, this.yaml);
+    await this.startGateway();
+  }
+
+  async startGateway() {
+    const args = ['serve', '--config', this.configPath];
+    const cmd = VALGRIND ? 'valgrind' : BIN;
+    const argv = VALGRIND
+      ? ['--error-exitcode=99', '--leak-check=full', '-q', BIN, ...args]
+      : args;
+    this.gw = new Proc('fusebox serve', cmd, argv, { env: PROVIDER_KEYS, cwd: this.dir });
+    const g = await this.gw.ready('fusebox', 15000);
+    this.gwAddr = g.addr;
+    this.gwHost = g.host;
+    this.gwPort = g.port;
+    this.gwUrl = `http://${g.addr}`;
+    const gw = this.gw;
+    let lastErr = null;
+    await waitFor(async () => {
+      if (gw.exited || gw.sanitizerReport()) {
+        await Promise.race([gw.closedPromise, new Promise((r) => setTimeout(r, 1000).unref())]);
+        throw new Error(`fusebox serve died before answering /healthz (code ${gw.code}, ` +
+          `signal ${gw.signal}); stderr:\n${gw.stderr}`);
+      }
+      try {
+        const r = await request('GET', `${this.gwUrl}/healthz`, { timeoutMs: 2000 });
+        lastErr = `status ${r.status}`;
+        return r.status === 200;
+      } catch (e) {
+        lastErr = e.message;
+        return false;
+      }
+    }, { timeoutMs: 10000, message: () => `GET /healthz 200 (last: ${lastErr})` });
+  }
+
+  /* ---- the CLI ---- */
+
+  /** fusebox key create; returns the key text (last stdout line). The id
+   *  ("created key k_...") is kept in this.lastKeyId. */
+  async createKey({ tenant = 'acme', job, budget, attempt } = {}) {
+    const full = await this.createKeyFull({ tenant, job, budget, attempt });
+    return full.key;
+  }
+
+  async createKeyFull({ tenant = 'acme', job, budget, attempt } = {}) {
+    const args = ['key', 'create', '--config', this.configPath, '--tenant', tenant];
+    if (job) args.push('--job', job);
+    if (budget !== undefined) args.push('--budget', String(budget));
+    if (attempt !== undefined) args.push('--attempt', String(attempt));
+    const r = await run(args);
+    assert.equal(r.code, 0, `key create failed: ${r.stderr}`);
+    this.checkText('fusebox key create', r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    const key = lines[lines.length - 1].trim();
+    assert.match(key, /^fbk_[0-9a-f]{40}$/, `key create printed ${JSON.stringify(r.stdout)}`);
+    const m = /created key (k_[0-9a-zA-Z]+)/.exec(r.stderr);
+    assert.ok(m, `key create stderr has no key id: ${r.stderr}`);
+    this.lastKeyId = m[1];
+    return { key, id: m[1] };
+  }
+
+  async revokeKey(id) {
+    const r = await run(['key', 'revoke', '--config', this.configPath, id]);
+    assert.equal(r.code, 0, `key revoke failed: ${r.stderr}`);
+    this.checkText('fusebox key revoke', r.stderr);
+    return r;
+  }
+
+  async keyList() {
+    const r = await run(['key', 'list', '--config', this.configPath, '--json']);
+    assert.equal(r.code, 0, `key list failed: ${r.stderr}`);
+    return JSON.parse(r.stdout).keys;
+  }
+
+  /** fusebox spend --json [args]; the parsed object. */
+  async spend(args = []) {
+    const r = await run(['spend', '--config', this.configPath, '--json', ...args]);
+    assert.equal(r.code, 0, `spend failed: ${r.stderr}`);
+    this.checkText('fusebox spend', r.stderr);
+    return JSON.parse(r.stdout);
+  }
+
+  /** One scope row of `spend --json` ("global", "tenant:T", "job:J"). */
+  async scope(name, args = []) {
+    const s = await this.spend(args);
+    const row = s.scopes.find((x) => x.scope === name);
+    assert.ok(row, `spend has no scope ${name}: ${JSON.stringify(s.scopes.map((x) => x.scope))}`);
+    return row;
+  }
+
+  /** Poll spend until nothing is in flight in any scope; the last spend. */
+  async settled(args = [], timeoutMs = 5000) {
+    return waitFor(async () => {
+      const s = await this.spend(args);
+      return s.scopes.every((x) => pico(x.in_flight_usd) === 0n) ? s : null;
+    }, { timeoutMs, message: 'spend with nothing in flight' });
+  }
+
+  /* ---- the fake ---- */
+
+  async billing() {
+    const r = await request('GET', `${this.fakeUrl}/_fake/billing`);
+    assert.equal(r.status, 200);
+    return r.json;
+  }
+
+  /** Poll billing until two reads in a row agree and nothing is pending. */
+  async billingStable(timeoutMs = 10000) {
+    let prev = null;
+    return waitFor(async () => {
+      const b = await this.billing();
+      const same = prev && prev.requests === b.requests && prev.billed_pico === b.billed_pico &&
+        prev.calls === b.calls;
+      prev = b;
+      return same && b.pending === 0 ? b : null;
+    }, { timeoutMs, intervalMs: 50, message: 'fake billing to settle' });
+  }
+
+  /* ---- requests to the gateway ---- */
+
+  url(path) {
+    return `${this.gwUrl}${path}`;
+  }
+
+  /** POST path with a fusebox key; body an object or a string. */
+  post(path, body, { key, headers = {}, timeoutMs } = {}) {
+    const h = { ...headers };
+    if (key) h.authorization = `Bearer ${key}`;
+    return request('POST', this.url(path), { headers: h, body, timeoutMs });
+  }
+
+  async healthz() {
+    const r = await request('GET', this.url('/healthz'));
+    return r.status;
+  }
+
+  /* ---- lifecycle ---- */
+
+  checkText(name, text) {
+    assert.ok(!reportIn(text), `${name} printed a sanitizer report:\n${text}`);
+  }
+
+  /** Assert that no running or stopped process has printed a sanitizer
+   *  (or valgrind) report so far; for afterEach hooks. */
+  checkNow() {
+    for (const p of [...this.old, this.gw, this.fake]) if (p) this.checkProc(p, false);
+  }
+
+  checkProc(p, exited = true) {
+    const rep = p.sanitizerReport();
+    assert.equal(rep, null, `${p.name} (pid ${p.pid}) printed a sanitizer report:\n${rep}`);
+    if (exited && VALGRIND && p.name === 'fusebox serve' && p.signal !== 'SIGKILL') {
+      assert.notEqual(p.code, 99, `valgrind found errors in ${p.name}:\n${p.stderr}`);
+    }
+  }
+
+  /** SIGTERM the gateway and wait for its exit; asserts a clean stderr. */
+  async stop() {
+    if (!this.gw) return;
+    const gw = this.gw;
+    this.gw = null;
+    const { code, signal } = await gw.stop('SIGTERM');
+    this.old.push(gw);
+    this.checkProc(gw);
+    assert.equal(code, 0,
+      `fusebox serve exited with code ${code} signal ${signal}; stderr:\n${gw.stderr}`);
+  }
+
+  /** kill -9 the gateway and wait until it is gone. */
+  async kill9() {
+    if (!this.gw) return;
+    const gw = this.gw;
+    this.gw = null;
+    await gw.stop('SIGKILL');
+    this.old.push(gw);
+    this.checkProc(gw);
+  }
+
+  /** Start the gateway again on the same config and data_dir (after stop
+   *  or kill9; stops it first when it still runs). */
+  async restart() {
+    if (this.gw) await this.stop();
+    await this.startGateway();
+  }
+
+  /** All stderr of the gateway so far (every incarnation). */
+  gatewayStderr() {
+    return [...this.old.map((p) => p.stderr), this.gw ? this.gw.stderr : ''].join('');
+  }
+
+  /** Stop everything; check every stderr (unless check is false); remove
+   *  the temp dir. Safe to call twice. */
+  async close({ check = true } = {}) {
+    if (this.closed) return;
+    this.closed = true;
+    const procs = [];
+    if (this.gw) { procs.push(this.gw); this.gw = null; }
+    if (this.fake) { procs.push(this.fake); this.fake = null; }
+    const results = await Promise.all(procs.map((p) => p.stop('SIGTERM').then((r) => [p, r])));
+    const all = [...this.old, ...procs];
+    try {
+      if (check) {
+        for (const p of all) this.checkProc(p);
+        for (const [p, r] of results) {
+          assert.equal(r.code, 0, `${p.name} did not exit cleanly on SIGTERM ` +
+            `(code ${r.code}, signal ${r.signal}); stderr:\n${p.stderr}`);
+        }
+      }
+    } finally {
+      if (process.env.FUSEBOX_E2E_KEEP !== '1' && existsSync(this.dir)) {
+        rmSync(this.dir, { recursive: true, force: true });
+      }
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* request bodies and prices                                           */
+
+/** gpt-4o-mini per token, picodollars (the built-in table). */
+export const GPT4O_MINI = { input: 150000n, output: 600000n };
+
+/** Worst case the gateway reserves for an OpenAI chat body on a model
+ *  priced like GPT4O_MINI: body bytes * input + max_tokens * output. */
+export function worstChat(bodyText, maxTokens, price = GPT4O_MINI) {
+  return BigInt(Buffer.byteLength(bodyText)) * price.input + BigInt(maxTokens) * price.output;
+}
+
+/** What the fake bills a non-stream chat of bodyText producing `words`
+ *  completion tokens: floor(bytes/4) (min 1) prompt tokens. */
+export function fakeChatCost(bodyText, words, price = GPT4O_MINI) {
+  const bytes = Buffer.byteLength(bodyText);
+  const prompt = BigInt(Math.max(1, Math.floor(bytes / 4)));
+  return prompt * price.input + BigInt(words) * price.output;
+}
+
+export function chatBody({ model = 'gpt-4o-mini', content = 'hello', maxTokens = 16, extra = {} } = {}) {
+  return JSON.stringify({ model, messages: [{ role: 'user', content }], max_tokens: maxTokens, ...extra });
+}

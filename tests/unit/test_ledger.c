@@ -1,0 +1,222 @@
+/* test_ledger.c - the store and the ledger thread: a reservation is in
+ * the database when its callback runs; settlement and crash recovery
+ * (RESERVED rows charged in full); spend sums per scope and period; keys
+ * by hash and revocation; the change feed reaching the loop. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "keys.h"
+#include "ledger.h"
+#include "store.h"
+
+static char dir[] = "/tmp/fb-ledger-XXXXXX";
+static fb_config cfg;
+
+static int setup(void **state)
+{
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    cfg.data_dir = dir;
+    cfg.durability = FB_DURABILITY_PROCESS;
+    evthread_use_pthreads();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    char cmd[128];
+    (void)state;
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static fb_store *open_store(void)
+{
+    char err[256];
+    fb_store *s = NULL;
+    assert_int_equal(fb_store_open(&cfg, &s, err, sizeof err), FB_OK);
+    return s;
+}
+
+static fb_entry entry(int64_t id, int64_t ts, const char *tenant,
+                      const char *job, fb_money reserved)
+{
+    fb_entry e = {.id = id, .ts_ms = ts, .tenant = tenant, .job = job,
+                  .key_id = "k_test", .provider = "openai",
+                  .model = "gpt-4o-mini", .path = "/v1/chat/completions",
+                  .reserved = reserved, .state = FB_ENTRY_RESERVED,
+                  .outcome = "in_flight"};
+    return e;
+}
+
+typedef struct waiter {
+    struct event_base *base;
+    int calls;
+    fb_err err;
+    int durable_rows; /* rows visible to a second connection at callback */
+} waiter;
+
+static void on_insert(void *arg, fb_err err)
+{
+    waiter *w = arg;
+    fb_store *other = open_store();
+    fb_spend sp;
+    fb_spend_filter f = {.tenant = "acme"};
+    assert_int_equal(fb_store_spend(other, &f, &sp), FB_OK);
+    fb_store_close(other);
+    w->calls++;
+    w->err = err;
+    w->durable_rows = (int)sp.calls;
+    if (w->calls == 3)
+        event_base_loopbreak(w->base);
+}
+
+static void test_insert_durable_then_recover(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    waiter w = {.base = base};
+    fb_ledger *l = fb_ledger_start(base, open_store(), 50, NULL, NULL);
+    assert_non_null(l);
+    for (int i = 1; i <= 3; i++) {
+        fb_entry e = entry(i, 1000 + i, "acme", "nightly", 100 * i);
+        fb_ledger_insert(l, &e, on_insert, &w);
+    }
+    fb_ledger_settle(l, 1, 200, 40, "ok");
+    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    assert_int_equal(w.calls, 3);
+    assert_int_equal(w.err, FB_OK);
+    /* Each callback saw its own row committed, from another connection. */
+    assert_true(w.durable_rows >= 3);
+    fb_ledger_stop(l);
+    event_base_free(base);
+
+    /* As after kill -9: rows 2 and 3 never settled. */
+    fb_store *s = open_store();
+    fb_spend sp;
+    fb_spend_filter all = {.tenant = "acme"};
+    assert_int_equal(fb_store_spend(s, &all, &sp), FB_OK);
+    assert_int_equal(sp.spent, 40 + 200 + 300);
+    assert_int_equal(sp.reserved, 500);
+    int64_t n;
+    assert_int_equal(fb_store_recover(s, &n), FB_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(fb_store_spend(s, &all, &sp), FB_OK);
+    assert_int_equal(sp.spent, 540);
+    assert_int_equal(sp.reserved, 0);
+    assert_int_equal(sp.paid_calls, 3);
+    /* Settling twice does not change a settled row. */
+    assert_int_equal(fb_store_entry_settle(s, 2, 200, 1, "late"), FB_OK);
+    assert_int_equal(fb_store_spend(s, &all, &sp), FB_OK);
+    assert_int_equal(sp.spent, 540);
+    /* Filters: period start, job, and a blocked row. */
+    fb_entry b = entry(4, 5000, "acme", "other", 0);
+    b.state = FB_ENTRY_BLOCKED;
+    b.status = 402;
+    assert_int_equal(fb_store_entry_insert(s, &b), FB_OK);
+    fb_spend_filter since = {.tenant = "acme", .since_ms = 1002};
+    assert_int_equal(fb_store_spend(s, &since, &sp), FB_OK);
+    assert_int_equal(sp.spent, 500);
+    assert_int_equal(sp.blocked_calls, 1);
+    fb_spend_filter job = {.tenant = "acme", .job = "nightly"};
+    assert_int_equal(fb_store_spend(s, &job, &sp), FB_OK);
+    assert_int_equal(sp.calls, 3);
+    int64_t max;
+    assert_int_equal(fb_store_max_entry_id(s, &max), FB_OK);
+    assert_int_equal(max, 4);
+    fb_store_close(s);
+}
+
+typedef struct key_wait {
+    struct event_base *base;
+    fb_err err;
+    fb_key_rec k;
+    fb_money spent;
+    int changes;
+    char subject[128];
+} key_wait;
+
+static void on_key(void *arg, fb_err err, const fb_key_rec *k, fb_money spent)
+{
+    key_wait *w = arg;
+    w->err = err;
+    if (k)
+        w->k = *k;
+    w->spent = spent;
+    event_base_loopbreak(w->base);
+}
+
+static void on_change(void *arg, const fb_change *c)
+{
+    key_wait *w = arg;
+    w->changes++;
+    snprintf(w->subject, sizeof w->subject, "%s", c->subject);
+    event_base_loopbreak(w->base);
+}
+
+static void test_keys_and_change_feed(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    key_wait w = {.base = base};
+    char text[FB_KEY_TEXT_LEN + 1];
+    fb_key_rec k = {0};
+    fb_store *cli = open_store();
+    assert_int_equal(fb_key_generate(text, &k), FB_OK);
+    assert_true(fb_key_well_formed(text, strlen(text)));
+    snprintf(k.tenant, sizeof k.tenant, "acme");
+    snprintf(k.job, sizeof k.job, "nightly");
+    k.budget.set = 1;
+    k.budget.limit = 1000;
+    k.budget.period = FB_PERIOD_NONE;
+    k.created_ms = 1;
+    assert_int_equal(fb_store_key_insert(cli, &k), FB_OK);
+    assert_int_equal(fb_store_key_insert(cli, &k), FB_EEXIST);
+
+    fb_ledger *l = fb_ledger_start(base, open_store(), 20, on_change, &w);
+    assert_non_null(l);
+    uint8_t h[32];
+    fb_key_hash(text, strlen(text), h);
+    fb_ledger_key_lookup(l, h, 10, on_key, &w);
+    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    assert_int_equal(w.err, FB_OK);
+    assert_string_equal(w.k.id, k.id);
+    assert_true(w.k.budget.set);
+    assert_int_equal(w.k.budget.limit, 1000);
+    assert_int_equal(w.spent, 0);
+    assert_true(fb_key_hash_equal(w.k.hash, h));
+
+    h[0] ^= 1;
+    fb_ledger_key_lookup(l, h, 10, on_key, &w);
+    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    assert_int_equal(w.err, FB_ENOTFOUND);
+
+    /* Another process revokes: the running ledger hears of it. */
+    assert_int_equal(fb_store_key_revoke(cli, k.id, 5), FB_OK);
+    assert_int_equal(fb_store_key_revoke(cli, k.id, 6), FB_ENOTFOUND);
+    assert_int_equal(fb_store_change_add(cli, "key_revoked", k.id), FB_OK);
+    event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+    assert_int_equal(w.changes, 1);
+    assert_string_equal(w.subject, k.id);
+    fb_ledger_stop(l);
+    fb_store_close(cli);
+    event_base_free(base);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_insert_durable_then_recover),
+        cmocka_unit_test(test_keys_and_change_feed),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
