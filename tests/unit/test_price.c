@@ -20,6 +20,9 @@
 static const char *builtin_models[] = {
     "gpt-4o",
     "gpt-4o-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "text-embedding-ada-002",
     "gpt-4.1",
     "gpt-4.1-mini",
     "gpt-4.1-nano",
