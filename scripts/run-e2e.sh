@@ -1,7 +1,7 @@
 #!/bin/sh
 # Black-box tests: the real binary behind the official OpenAI and Anthropic
 # SDKs, run by Node's built-in test runner (node >= 20), which ends with its
-# "# pass N" / "# fail N" summary. Exits non-zero when a test fails.
+# summary ("ℹ pass N", "ℹ fail N"). Exits non-zero when a test fails.
 #   FUSEBOX_BIN       the binary under test (default: build/fusebox)
 #   FUSEBOX_VALGRIND  1: run the daemon under valgrind
 #   E2E_FILES         test files to run (default: all tests/e2e/*.test.mjs)
@@ -21,11 +21,17 @@ if [ ! -x "$FUSEBOX_BIN" ]; then
     exit 2
 fi
 command -v node >/dev/null 2>&1 || { echo "run-e2e: node is not installed" >&2; exit 2; }
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+    echo "run-e2e: node >= 20 is needed (the SDKs and node:test), found $(node --version)" >&2
+    exit 2
+fi
 
 # Install the SDKs from the lock file when node_modules is missing or
 # older than package-lock.json.
 e2e=tests/e2e
-if [ ! -d "$e2e/node_modules" ] || [ "$e2e/package-lock.json" -nt "$e2e/node_modules" ]; then
+if [ ! -d "$e2e/node_modules" ] ||
+    [ -n "$(find "$e2e/package-lock.json" -newer "$e2e/node_modules")" ]; then
     (cd "$e2e" && npm ci --no-audit --no-fund)
     touch "$e2e/node_modules"
 fi

@@ -49,6 +49,9 @@
 #define MAX_RESPONSE_BYTES (64u << 20) /* a non-stream answer we buffer */
 #define MAX_SSE_EVENT (16u << 20)
 #define DRAIN_SECONDS 30
+/* Past this many bytes waiting for a slow client, stop reading the
+ * provider until the client catches up: memory per stream stays bounded. */
+#define STREAM_HIGH_WATER (256u << 10)
 
 typedef struct gateway {
     const fb_config *c;
@@ -85,6 +88,7 @@ typedef struct gw_req {
     fb_up_req *up;
     int status;
     int streaming;
+    int paused;
     int client_gone;
     struct evbuffer *buf;
     int too_big;
@@ -116,10 +120,21 @@ static void finish(gw_req *gr)
         event_base_loopexit(g->base, NULL);
 }
 
+static void resume_upstream(void *arg)
+{
+    gw_req *gr = arg;
+    if (gr->paused && gr->up != NULL) {
+        gr->paused = 0;
+        fb_upstream_pause(gr->up, 0);
+    }
+}
+
 static void on_client_close(void *arg)
 {
     gw_req *gr = arg;
     gr->client_gone = 1;
+    /* Keep reading: the provider bills the whole answer. */
+    resume_upstream(gr);
 }
 
 /* Errors that retrying cannot fix carry x-should-retry: false, which the
@@ -351,6 +366,12 @@ static void up_data(void *arg, const char *data, size_t len)
     }
     while (fb_sse_next(&gr->sse, &ev, &el))
         stream_event(gr, ev, el);
+    if (!gr->paused && !gr->client_gone && gr->up != NULL &&
+        fb_req_pending_output(gr->req) > STREAM_HIGH_WATER) {
+        gr->paused = 1;
+        fb_upstream_pause(gr->up, 1);
+        fb_req_on_drain(gr->req, resume_upstream, gr);
+    }
 }
 
 static void settle(gw_req *gr, int status, fb_money cost, const char *outcome)

@@ -49,6 +49,8 @@ struct fb_req {
     int http10;
     void (*close_fn)(void *);
     void *close_arg;
+    void (*drain_fn)(void *);
+    void *drain_arg;
 };
 
 struct fb_conn {
@@ -380,6 +382,12 @@ static void conn_read(struct bufferevent *bev, void *arg)
 static void conn_write(struct bufferevent *bev, void *arg)
 {
     fb_conn *c = arg;
+    if (c->state == ST_HANDLING && c->req != NULL && c->req->drain_fn) {
+        void (*fn)(void *) = c->req->drain_fn;
+        c->req->drain_fn = NULL;
+        fn(c->req->drain_arg);
+        return;
+    }
     if (c->state == ST_CLOSING &&
         evbuffer_get_length(bufferevent_get_output(bev)) == 0)
         conn_free(c);
@@ -628,6 +636,12 @@ size_t fb_req_pending_output(const fb_req *r)
 {
     return r->conn ? evbuffer_get_length(bufferevent_get_output(r->conn->bev))
                    : 0;
+}
+
+void fb_req_on_drain(fb_req *r, void (*fn)(void *arg), void *arg)
+{
+    r->drain_fn = fn;
+    r->drain_arg = arg;
 }
 
 void fb_req_stream_end(fb_req *r)

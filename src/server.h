@@ -62,6 +62,9 @@ void fb_req_stream_begin(fb_req *r, int status, const char *extra_headers,
 void fb_req_stream_write(fb_req *r, const void *data, size_t len);
 /* Bytes waiting to go to the client (for back-pressure). */
 size_t fb_req_pending_output(const fb_req *r);
+/* Call fn once when the bytes waiting for the client have all been
+ * written (not if the client leaves: see fb_req_on_close). */
+void fb_req_on_drain(fb_req *r, void (*fn)(void *arg), void *arg);
 /* Finishes and frees r. */
 void fb_req_stream_end(fb_req *r);
 

@@ -54,9 +54,9 @@ export const PICO_PER_USD = 10n ** 12n;
  *  Throws if the text is not a number or has digits finer than 1e-12. */
 export function pico(text) {
   if (typeof text === 'bigint') return text;
-  if (typeof text === 'number') {
-    if (!Number.isSafeInteger(text)) throw new Error(`pico(${text}): not an exact integer`);
-    return BigInt(text);
+  if (typeof text !== 'string') {
+    // A JS number may already have lost digits: never guess.
+    throw new Error(`pico(${text}): want the decimal text, got a ${typeof text}`);
   }
   const m = /^\s*\$?([+-])?(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?\s*$/.exec(String(text));
   if (!m || (m[2] === '' && (m[3] === undefined || m[3] === ''))) {
@@ -260,10 +260,10 @@ export function request(method, url, { headers = {}, body, timeoutMs = 30000 } =
   });
 }
 
-/** Write raw bytes to host:port; resolve with what came back before the
- *  server closed (or the bound passed). Options: end (half-close after
- *  writing, default false), timeoutMs. Write errors (the server closing
- *  early) are tolerated. */
+/** Write raw bytes to host:port and resolve with what came back before
+ *  the server closed the connection or timeoutMs passed (`why` tells
+ *  which), parsed into status, headers, body and json where possible.
+ *  Write errors (the server answering and closing early) are tolerated. */
 export function rawExchange(host, port, bytes, { timeoutMs = 5000 } = {}) {
   return new Promise((res) => {
     const chunks = [];

@@ -1,0 +1,2 @@
+build-san/obj/common.o: src/common.c src/common.h
+src/common.h:

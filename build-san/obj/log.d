@@ -1,0 +1,2 @@
+build-san/obj/log.o: src/log.c src/log.h
+src/log.h:
