@@ -35,7 +35,11 @@ LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test unit e2e demo install clean format valgrind
+FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
+FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
+FUZZ_SECONDS ?= 60
+
+.PHONY: all deps test unit e2e demo install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -74,6 +78,21 @@ valgrind: deps
 	@$(MAKE) --no-print-directory all
 	@FUSEBOX_VALGRIND=1 FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) scripts/run-e2e.sh
 
+# libFuzzer targets (clang): every parser of outside bytes.
+build-fuzz/%: fuzz/%.c $(LIB_SRC)
+	@mkdir -p build-fuzz
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+	    -Isrc $(PKG_CFLAGS) $< $(LIB_SRC) -o $@ $(LDLIBS)
+
+# Fuzz each target for FUZZ_SECONDS.
+fuzz: $(FUZZ_BIN)
+	@for t in $(FUZZ_BIN); do n=$$(basename $$t _fuzz); mkdir -p build-fuzz/corpus-$$n; \
+	    $$t -max_total_time=$(FUZZ_SECONDS) -dict=fuzz/$$n.dict build-fuzz/corpus-$$n fuzz/corpus/$$n || exit 1; done
+
+# Replay the committed corpora (CI): every seed must run clean.
+fuzz-replay: $(FUZZ_BIN)
+	@for t in $(FUZZ_BIN); do n=$$(basename $$t _fuzz); $$t -runs=0 fuzz/corpus/$$n || exit 1; done
+
 install: $(BUILD)/fusebox
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BUILD)/fusebox $(DESTDIR)$(PREFIX)/bin/fusebox
@@ -82,6 +101,6 @@ format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/obj/main.d
