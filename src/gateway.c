@@ -66,6 +66,7 @@ typedef struct gateway {
     int64_t next_id;
     size_t inflight;
     int draining;
+    int64_t drain_deadline_ns;
     struct event *sig_term, *sig_int, *drain_timer;
 } gateway;
 
@@ -116,8 +117,6 @@ static void finish(gw_req *gr)
     fb_sse_free(&gr->sse);
     free(gr);
     g->inflight--;
-    if (g->draining && g->inflight == 0)
-        event_base_loopexit(g->base, NULL);
 }
 
 static void resume_upstream(void *arg)
@@ -403,13 +402,20 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         fb_provider_ops_for(gr->pc->kind)->usage(body ? body : "", len,
                                                  &gr->usage);
     }
-    if (fail == FB_UP_CONNECT)
+    if (fail == FB_UP_CONNECT) {
         cost = 0; /* nothing reached the provider */
-    else if (fail != FB_UP_OK || gr->too_big)
-        cost = gr->usage.found
-                   ? fb_provider_settle(gr->pc, &gr->call, 200, &gr->usage)
-                   : gr->resv.amount;
-    else
+    } else if (fail != FB_UP_OK || gr->too_big) {
+        /* A broken exchange may have been billed in full, and the usage
+         * read so far (Anthropic's message_start has some) is partial:
+         * charge the reservation, or more if the usage says so. */
+        cost = gr->resv.amount;
+        if (gr->usage.found) {
+            fb_money seen = fb_provider_settle(gr->pc, &gr->call, 200,
+                                               &gr->usage);
+            if (seen > cost)
+                cost = seen;
+        }
+    } else
         cost = fb_provider_settle(gr->pc, &gr->call, gr->status, &gr->usage);
     money_str(cost, cost_s, sizeof cost_s);
 
@@ -417,12 +423,23 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         size_t rl;
         const char *rest = fb_sse_rest(&gr->sse, &rl);
         fb_req_stream_write(gr->req, rest, rl);
+        if (fail != FB_UP_OK) {
+            /* The provider broke off: so do we, without the final chunk,
+             * so that the client sees a cut stream, not a short answer. */
+            fb_log(FB_LOG_WARN, "upstream %s stream broken: %s (key=%s)",
+                   gr->pc->name, detail, gr->key.id);
+            settle(gr, gr->status, cost, "upstream_broken");
+            fb_req_abort(gr->req);
+            gr->req = NULL;
+            finish(gr);
+            return;
+        }
         /* Streams cannot carry the settled cost in a header; an SSE
          * comment line (ignored by SSE parsers) carries it instead. */
         int n = snprintf(hdr, sizeof hdr, ": x-fusebox-cost-usd %s\n\n",
                          cost_s);
         fb_req_stream_write(gr->req, hdr, (size_t)n);
-        settle(gr, gr->status, cost, fail == FB_UP_OK ? "ok" : "upstream_broken");
+        settle(gr, gr->status, cost, "ok");
         fb_req_stream_end(gr->req);
         gr->req = NULL;
         finish(gr);
@@ -669,9 +686,8 @@ static void handle(void *ud, fb_req *req)
     const fb_http_req *h = fb_req_head(req);
     const char *t = h->target;
     size_t tl = h->target_len;
-    size_t pathlen = strcspn(t, "?");
-    if (pathlen > tl)
-        pathlen = tl;
+    const char *q = memchr(t, '?', tl); /* the head is not NUL-terminated */
+    size_t pathlen = q ? (size_t)(q - t) : tl;
 
     if (tl == 0 || t[0] != '/') {
         fb_req_error(req, 400, "invalid_request", "request target must be a path",
@@ -764,14 +780,23 @@ static void on_change(void *arg, const fb_change *c)
     }
 }
 
-static void drain_done(evutil_socket_t fd, short what, void *arg)
+/* While draining: stop once no call is in flight and every answer has
+ * been written (connections close after their last answer), or at the
+ * deadline. */
+static void drain_check(evutil_socket_t fd, short what, void *arg)
 {
     gateway *g = arg;
     (void)fd;
     (void)what;
-    fb_log(FB_LOG_WARN, "%zu calls still in flight after %d s; stopping",
-           g->inflight, DRAIN_SECONDS);
-    event_base_loopexit(g->base, NULL);
+    if (g->inflight == 0 && fb_server_connections(g->srv) == 0) {
+        event_base_loopexit(g->base, NULL);
+        return;
+    }
+    if (fb_mono_ns() > g->drain_deadline_ns) {
+        fb_log(FB_LOG_WARN, "%zu calls still in flight after %d s; stopping",
+               g->inflight, DRAIN_SECONDS);
+        event_base_loopexit(g->base, NULL);
+    }
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -783,13 +808,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     fb_log(FB_LOG_INFO, "signal %d: draining %zu calls in flight", (int)sig,
            g->inflight);
     g->draining = 1;
-    fb_server_stop_accepting(g->srv);
-    if (g->inflight == 0) {
-        event_base_loopexit(g->base, NULL);
-        return;
-    }
-    struct timeval tv = {DRAIN_SECONDS, 0};
-    evtimer_add(g->drain_timer, &tv);
+    g->drain_deadline_ns = fb_mono_ns() + DRAIN_SECONDS * INT64_C(1000000000);
+    fb_server_drain(g->srv);
+    struct timeval tv = {0, 20000};
+    event_add(g->drain_timer, &tv);
 }
 
 /* Seed every configured ceiling from the store. */
@@ -911,7 +933,7 @@ int fb_gateway_serve(const fb_config *c)
     }
     g.sig_term = evsignal_new(g.base, SIGTERM, on_signal, &g);
     g.sig_int = evsignal_new(g.base, SIGINT, on_signal, &g);
-    g.drain_timer = evtimer_new(g.base, drain_done, &g);
+    g.drain_timer = event_new(g.base, -1, EV_PERSIST, drain_check, &g);
     if (!g.sig_term || !g.sig_int || !g.drain_timer)
         goto out;
     evsignal_add(g.sig_term, NULL);

@@ -246,6 +246,33 @@ out:
     return r;
 }
 
+/* count_field=N in the query string of a bodiless call: 0 absent, 1 found,
+ * -1 not a non-negative integer. */
+static int query_count(const char *path, const char *field, int64_t *out)
+{
+    const char *q = strchr(path, '?');
+    size_t fl = strlen(field);
+    while (q != NULL) {
+        q++;
+        if (strncmp(q, field, fl) == 0 && q[fl] == '=') {
+            const char *v = q + fl + 1;
+            int64_t n = 0;
+            size_t i = 0;
+            for (; v[i] >= '0' && v[i] <= '9'; i++) {
+                if (n > (INT64_MAX - 9) / 10)
+                    return -1;
+                n = n * 10 + (v[i] - '0');
+            }
+            if (i == 0 || (v[i] != '\0' && v[i] != '&'))
+                return -1;
+            *out = n;
+            return 1;
+        }
+        q = strchr(q, '&');
+    }
+    return 0;
+}
+
 static fb_refuse generic_inspect(const fb_provider_conf *pc,
                                  const fb_prices *prices, const char *method,
                                  const char *path, const char *body,
@@ -255,9 +282,14 @@ static fb_refuse generic_inspect(const fb_provider_conf *pc,
     int64_t count = 1;
     (void)prices;
     (void)method;
-    (void)path;
     (void)new_body;
     (void)new_len;
+    if (pc->count_field != NULL && len == 0 &&
+        query_count(path, pc->count_field, &count) < 0) {
+        snprintf(msg, cap, "\"%s\" must be a non-negative integer",
+                 pc->count_field);
+        return FB_REFUSE_BAD_REQUEST;
+    }
     if (pc->count_field != NULL && len > 0) {
         json_t *root = parse_object(body, len, msg, cap);
         if (root == NULL)

@@ -72,6 +72,7 @@ struct fb_server {
     size_t nlisteners;
     fb_conn *conns;
     size_t nconns;
+    int draining;
 };
 
 static void conn_read(struct bufferevent *bev, void *arg);
@@ -157,7 +158,10 @@ static void conn_fail(fb_conn *c, int status, const char *message)
     size_t len;
     char *body = error_json("invalid_request", message, &len);
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    write_head(out, status, NULL, "application/json", 0, 0);
+    write_head(out, status,
+               status < 500 && status != 408 ? "x-should-retry: false\r\n"
+                                             : NULL,
+               "application/json", 0, 0);
     evbuffer_add_printf(out, "Content-Length: %zu\r\n\r\n", len);
     if (body)
         evbuffer_add(out, body, len);
@@ -343,7 +347,7 @@ static void read_head(fb_conn *c)
     }
     evbuffer_drain(in, (size_t)n);
     r->conn = c;
-    r->keep_alive = r->head.keep_alive;
+    r->keep_alive = r->head.keep_alive && !s->draining;
     r->http10 = r->head.minor_version == 0;
     c->req = r;
     if (r->head.content_length > 0 &&
@@ -529,10 +533,20 @@ out:
     return err;
 }
 
-void fb_server_stop_accepting(fb_server *s)
+void fb_server_drain(fb_server *s)
 {
     for (size_t i = 0; i < s->nlisteners; i++)
-        evconnlistener_disable(s->listeners[i]);
+        evconnlistener_free(s->listeners[i]);
+    s->nlisteners = 0;
+    s->draining = 1;
+    for (fb_conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == ST_HEAD &&
+            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+            conn_free(c);
+        else if (c->req != NULL)
+            c->req->keep_alive = 0;
+    }
 }
 
 void fb_server_free(fb_server *s)
@@ -642,6 +656,12 @@ void fb_req_on_drain(fb_req *r, void (*fn)(void *arg), void *arg)
 {
     r->drain_fn = fn;
     r->drain_arg = arg;
+}
+
+void fb_req_abort(fb_req *r)
+{
+    r->keep_alive = 0;
+    req_done(r); /* closes once what was written is flushed */
 }
 
 void fb_req_stream_end(fb_req *r)

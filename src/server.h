@@ -29,8 +29,9 @@ fb_server *fb_server_new(struct event_base *base, const fb_server_opts *o,
 /* Listen on host:port (port 0 picks one; *bound_port gets it). */
 fb_err fb_server_listen(fb_server *s, const char *host, int port,
                         int *bound_port);
-/* Stop accepting new connections (for a graceful drain). */
-void fb_server_stop_accepting(fb_server *s);
+/* Graceful drain: close the listeners (new connections are refused) and
+ * idle connections; every connection closes after its current answer. */
+void fb_server_drain(fb_server *s);
 /* Close every connection and free. Requests still owned by the handler
  * must have been finished before. */
 void fb_server_free(fb_server *s);
@@ -67,6 +68,10 @@ size_t fb_req_pending_output(const fb_req *r);
 void fb_req_on_drain(fb_req *r, void (*fn)(void *arg), void *arg);
 /* Finishes and frees r. */
 void fb_req_stream_end(fb_req *r);
+/* End a streamed answer abnormally: what was written is flushed, then the
+ * connection closes without the final chunk, so the client sees a cut
+ * stream. Finishes and frees r. */
+void fb_req_abort(fb_req *r);
 
 /* Reason phrase for a status code. */
 const char *fb_http_reason(int status);

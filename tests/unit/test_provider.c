@@ -231,6 +231,12 @@ static void test_generic(void **state)
                      FB_REFUSE_BAD_REQUEST);
     assert_int_equal(inspect(&g, "POST", "/send", "nope", &c, &nb, &nl),
                      FB_REFUSE_BAD_REQUEST);
+    /* A bodiless call counts from its query string. */
+    assert_int_equal(inspect(&g, "POST", "/send?x=1&to=7", "", &c, &nb, &nl),
+                     FB_REFUSE_NONE);
+    assert_int_equal(c.worst, 56000000000);
+    assert_int_equal(inspect(&g, "GET", "/send?to=7x", "", &c, &nb, &nl),
+                     FB_REFUSE_BAD_REQUEST);
     assert_int_equal(inspect(&g, "POST", "/send", "{}", &c, &nb, &nl),
                      FB_REFUSE_NONE);
     fb_usage u = {0};
