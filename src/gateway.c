@@ -858,7 +858,7 @@ static int seed_scopes(gateway *g, fb_store *st)
 int fb_gateway_serve(const fb_config *c)
 {
     gateway g = {0};
-    fb_store *st = NULL;
+    fb_store *st = NULL, *maint = NULL;
     int rc = 1, port = 0;
     char errbuf[512];
     int64_t recovered = 0;
@@ -898,7 +898,8 @@ int fb_gateway_serve(const fb_config *c)
             goto out;
     }
 
-    if (fb_store_open(c, &st, errbuf, sizeof errbuf) != FB_OK) {
+    if (fb_store_open(c, &st, errbuf, sizeof errbuf) != FB_OK ||
+        fb_store_open(c, &maint, errbuf, sizeof errbuf) != FB_OK) {
         fb_log(FB_LOG_ERROR, "%s", errbuf);
         goto out;
     }
@@ -912,10 +913,10 @@ int fb_gateway_serve(const fb_config *c)
         fb_log(FB_LOG_WARN,
                "%lld calls were in flight at the last stop; charged in full",
                (long long)recovered);
-    g.ledger = fb_ledger_start(g.base, st, 250, on_change, &g);
+    g.ledger = fb_ledger_start(g.base, st, maint, 250, on_change, &g);
     if (g.ledger == NULL)
         goto out;
-    st = NULL;
+    st = maint = NULL;
 
     fb_upstream_opts uo = {c->upstream_connect_timeout_ms,
                            c->upstream_timeout_ms};
@@ -953,6 +954,7 @@ out:
     fb_upstream_free(g.up);
     fb_ledger_stop(g.ledger);
     fb_store_close(st);
+    fb_store_close(maint);
     if (g.sig_term)
         event_free(g.sig_term);
     if (g.sig_int)

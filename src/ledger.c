@@ -11,7 +11,10 @@
  *     after the transaction holding its write has committed (or failed).
  *  2. Ops run in the order they were queued, so a settlement never
  *     overtakes the insert of its row.
- *  3. When idle the thread polls the change feed every poll_ms. */
+ *  3. When idle the thread polls the change feed every poll_ms.
+ *  4. A second thread, with its own store handle, does maintenance
+ *     (checkpoints) once a second, so the commit path never waits for the
+ *     fsync a checkpoint does. */
 #include "ledger.h"
 
 #include <event2/event.h>
@@ -43,10 +46,14 @@ typedef struct op {
 
 struct fb_ledger {
     fb_store *store;
+    fb_store *maint;
+    pthread_t maint_thread;
+    int has_maint;
     struct event *done_ev;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_cond_t maint_cv;
     op *head, *tail;  /* queued, guarded by mu */
     op *done;         /* finished, guarded by mu, reversed */
     size_t backlog;   /* queued + running, guarded by mu */
@@ -250,6 +257,25 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
+static void *maint_main(void *arg)
+{
+    fb_ledger *l = arg;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&l->maint_cv, &l->mu, &ts);
+        if (l->stopping)
+            break;
+        pthread_mutex_unlock(&l->mu);
+        (void)fb_store_checkpoint(l->maint);
+        pthread_mutex_lock(&l->mu);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
 /* On the loop: run the callbacks of finished ops, deliver changes. */
 static void on_done(evutil_socket_t fd, short what, void *arg)
 {
@@ -286,13 +312,14 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 }
 
 fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
-                           int poll_ms, fb_ledger_change_fn on_change,
-                           void *arg)
+                           fb_store *maint, int poll_ms,
+                           fb_ledger_change_fn on_change, void *arg)
 {
     fb_ledger *l = calloc(1, sizeof *l);
     if (l == NULL)
         return NULL;
     l->store = store;
+    l->maint = maint;
     l->poll_ms = poll_ms > 0 ? poll_ms : 250;
     l->on_change = on_change;
     l->change_arg = arg;
@@ -303,11 +330,17 @@ fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
         goto fail;
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cv, NULL);
+    pthread_cond_init(&l->maint_cv, NULL);
     if (pthread_create(&l->thread, NULL, thread_main, l) != 0) {
         pthread_mutex_destroy(&l->mu);
         pthread_cond_destroy(&l->cv);
+        pthread_cond_destroy(&l->maint_cv);
         goto fail;
     }
+    /* Without maintenance the WAL only grows until the stores close. */
+    if (maint != NULL &&
+        pthread_create(&l->maint_thread, NULL, maint_main, l) == 0)
+        l->has_maint = 1;
     return l;
 fail:
     if (l->done_ev)
@@ -323,12 +356,17 @@ void fb_ledger_stop(fb_ledger *l)
     pthread_mutex_lock(&l->mu);
     l->stopping = 1;
     pthread_cond_signal(&l->cv);
+    pthread_cond_signal(&l->maint_cv);
     pthread_mutex_unlock(&l->mu);
     pthread_join(l->thread, NULL);
+    if (l->has_maint)
+        pthread_join(l->maint_thread, NULL);
     on_done(-1, 0, l); /* callbacks of the last batch */
     event_free(l->done_ev);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);
+    pthread_cond_destroy(&l->maint_cv);
+    fb_store_close(l->maint);
     fb_store_close(l->store);
     free(l->changes);
     free(l->fetched);

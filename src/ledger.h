@@ -15,12 +15,14 @@ typedef struct fb_ledger fb_ledger;
 /* A change seen in the store's feed (revocations and the like). */
 typedef void (*fb_ledger_change_fn)(void *arg, const fb_change *c);
 
-/* Start the thread. Takes ownership of store (closed by fb_ledger_stop).
- * on_change is called on the loop for every change recorded after start,
- * polled every poll_ms. NULL on failure (store left to the caller). */
+/* Start the threads. Takes ownership of store and maint, a second handle
+ * on the same store for maintenance (checkpoints) every second; both are
+ * closed by fb_ledger_stop; maint may be NULL. on_change is called on the
+ * loop for every change recorded after start, polled every poll_ms. NULL
+ * on failure (the stores left to the caller). */
 fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
-                           int poll_ms, fb_ledger_change_fn on_change,
-                           void *arg);
+                           fb_store *maint, int poll_ms,
+                           fb_ledger_change_fn on_change, void *arg);
 /* Run what is queued, stop the thread, close the store. Callbacks of ops
  * still queued run before it returns, from within this call. */
 void fb_ledger_stop(fb_ledger *l);

@@ -112,6 +112,11 @@ fb_err fb_store_scopes(fb_store *s,
                                  const char *job),
                        void *arg);
 
+/* Maintenance, from a thread of its own: copy committed changes into the
+ * main database file without blocking writers (SQLite: a PASSIVE WAL
+ * checkpoint; the only fsync of the "process" durability mode). */
+fb_err fb_store_checkpoint(fb_store *s);
+
 fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject);
 /* Changes with seq > after, in order; fn may stop early by returning != 0. */
 fb_err fb_store_changes(fb_store *s, int64_t after,

@@ -2,7 +2,11 @@
  * under data_dir. Statements are prepared once per handle. Durability:
  * "process" uses synchronous=NORMAL (a commit is a write() into the WAL,
  * which survives kill -9 but not power loss); "full" uses synchronous=FULL
- * (fsync per commit, amortised by the ledger thread's group commit). */
+ * (fsync per commit, amortised by the ledger thread's group commit).
+ * Commits never checkpoint (wal_autocheckpoint=0): a checkpoint fsyncs,
+ * and the commit path must not wait for that. The daemon's maintenance
+ * thread checkpoints instead (fb_store_checkpoint); SQLite also
+ * checkpoints when the last connection closes. */
 #include "store.h"
 
 #include <errno.h>
@@ -171,8 +175,8 @@ fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
     }
     sqlite3_busy_timeout(s->db, 5000);
     const char *pragmas = c->durability == FB_DURABILITY_FULL
-                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;";
+                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;"
+                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;";
     if (sqlite3_exec(s->db, pragmas, NULL, NULL, &msg) != SQLITE_OK)
         goto sqlfail;
     {
@@ -448,6 +452,24 @@ fb_err fb_store_scopes(fb_store *s,
 out:
     sqlite3_finalize(st);
     return err;
+}
+
+/* Past this many WAL frames (16 MiB of 4 KiB pages), restart the log. */
+#define WAL_RESTART_FRAMES 4096
+
+fb_err fb_store_checkpoint(fb_store *s)
+{
+    int log = 0, done = 0;
+    /* PASSIVE copies what it can without taking the writer's lock. Under a
+     * steady stream of commits it never catches up with the end of the
+     * log, so the log is never reused; once it is long, a TRUNCATE pass
+     * holds writers back for the short rest of the copy and resets it. */
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                       &log, &done);
+    if (rc == SQLITE_OK && log > WAL_RESTART_FRAMES)
+        rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+                                       NULL, NULL);
+    return rc == SQLITE_BUSY ? FB_OK : sqlite_err(rc);
 }
 
 fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject)

@@ -85,7 +85,7 @@ static void test_insert_durable_then_recover(void **state)
     (void)state;
     struct event_base *base = event_base_new();
     waiter w = {.base = base};
-    fb_ledger *l = fb_ledger_start(base, open_store(), 50, NULL, NULL);
+    fb_ledger *l = fb_ledger_start(base, open_store(), open_store(), 50, NULL, NULL);
     assert_non_null(l);
     for (int i = 1; i <= 3; i++) {
         fb_entry e = entry(i, 1000 + i, "acme", "nightly", 100 * i);
@@ -182,7 +182,7 @@ static void test_keys_and_change_feed(void **state)
     assert_int_equal(fb_store_key_insert(cli, &k), FB_OK);
     assert_int_equal(fb_store_key_insert(cli, &k), FB_EEXIST);
 
-    fb_ledger *l = fb_ledger_start(base, open_store(), 20, on_change, &w);
+    fb_ledger *l = fb_ledger_start(base, open_store(), NULL, 20, on_change, &w);
     assert_non_null(l);
     uint8_t h[32];
     fb_key_hash(text, strlen(text), h);
