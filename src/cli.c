@@ -183,22 +183,26 @@ out:
 static int key_revoke(fb_config *c, const char *id)
 {
     fb_store *s = open_store(c);
+    fb_key_rec k;
     int rc = 1;
     fb_err err;
     if (s == NULL)
         return 1;
     if ((err = fb_store_begin(s)) == FB_OK &&
-        (err = fb_store_key_revoke(s, id, fb_wall_ms())) == FB_OK &&
-        (err = fb_store_change_add(s, "key_revoked", id)) == FB_OK)
+        (err = fb_store_key_find(s, id, &k)) == FB_OK &&
+        (err = fb_store_key_revoke(s, k.id, fb_wall_ms())) == FB_OK &&
+        (err = fb_store_change_add(s, "key_revoked", k.id)) == FB_OK)
         err = fb_store_commit(s);
     if (err != FB_OK) {
         fb_store_rollback(s);
         fprintf(stderr, "fusebox key revoke: %s\n",
-                err == FB_ENOTFOUND ? "no active key with that id"
+                err == FB_ENOTFOUND ? "no active key with that id or prefix"
+                : err == FB_EEXIST  ? "that prefix names several keys; give the id"
                                     : "cannot write the store");
         goto out;
     }
-    fprintf(stderr, "revoked %s; running daemons drop it within a second\n", id);
+    fprintf(stderr, "revoked %s; running daemons drop it within a second\n",
+            k.id);
     rc = 0;
 out:
     fb_store_close(s);

@@ -692,6 +692,7 @@ static fb_err model_price(ctx *x, const entry *e, fb_model_price_conf *m)
         m->price.cache_read = m->price.input;
     if (f[CWRITE].val == NULL)
         m->price.cache_write = m->price.input;
+    m->price.cache_write_1h = m->price.cache_write;
     int64_t *ints[] = {&m->price.max_output_tokens, &maxtok,
                        &m->price.max_input_tokens};
     for (int i = MAXOUT; i <= MAXIN; i++) {

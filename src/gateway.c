@@ -30,7 +30,11 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <jansson.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +70,7 @@ typedef struct gateway {
     int64_t next_id;
     size_t inflight;
     int draining;
+    int stopped; /* the front and upstream are gone: settle, don't call */
     int64_t drain_deadline_ns;
     struct event *sig_term, *sig_int, *drain_timer;
 } gateway;
@@ -89,6 +94,7 @@ typedef struct gw_req {
     fb_up_req *up;
     int status;
     int streaming;
+    int passthrough; /* an SSE event too large to inspect: bytes as is */
     int paused;
     int client_gone;
     struct evbuffer *buf;
@@ -232,8 +238,10 @@ static struct curl_slist *upstream_headers(gw_req *gr)
     char line[8192];
     for (size_t i = 0; i < h->nheaders; i++) {
         const fb_http_header *x = &h->headers[i];
+        const char *ah = gr->pc->auth_header;
         if (hop_header(x->name, x->name_len) ||
-            holds_virtual_key(x->value, x->value_len))
+            holds_virtual_key(x->value, x->value_len) ||
+            (ah != NULL && fb_strcaseeq(x->name, x->name_len, ah, strlen(ah))))
             continue;
         if (x->name_len + x->value_len + 3 > sizeof line)
             continue;
@@ -358,13 +366,21 @@ static void up_data(void *arg, const char *data, size_t len)
     }
     const char *ev;
     size_t el;
-    if (fb_sse_feed(&gr->sse, data, len) != FB_OK) {
-        /* An event too large to inspect: pass bytes through untouched. */
-        fb_req_stream_write(gr->req, data, len);
-        return;
+    if (!gr->passthrough && fb_sse_feed(&gr->sse, data, len) != FB_OK) {
+        /* An event too large to inspect: from here on, bytes pass as they
+         * come, after what was held back (usage may then be missed, and
+         * the call is charged its full reservation). */
+        size_t rl;
+        const char *rest = fb_sse_rest(&gr->sse, &rl);
+        fb_req_stream_write(gr->req, rest, rl);
+        fb_sse_free(&gr->sse);
+        gr->passthrough = 1;
     }
-    while (fb_sse_next(&gr->sse, &ev, &el))
-        stream_event(gr, ev, el);
+    if (gr->passthrough)
+        fb_req_stream_write(gr->req, data, len);
+    else
+        while (fb_sse_next(&gr->sse, &ev, &el))
+            stream_event(gr, ev, el);
     if (!gr->paused && !gr->client_gone && gr->up != NULL &&
         fb_req_pending_output(gr->req) > STREAM_HIGH_WATER) {
         gr->paused = 1;
@@ -419,6 +435,8 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         cost = fb_provider_settle(gr->pc, &gr->call, gr->status, &gr->usage);
     money_str(cost, cost_s, sizeof cost_s);
 
+    if (gr->passthrough && fail == FB_UP_OK && cost < gr->resv.amount)
+        cost = gr->resv.amount; /* events went by unread: usage is partial */
     if (gr->streaming) {
         size_t rl;
         const char *rest = fb_sse_rest(&gr->sse, &rl);
@@ -445,8 +463,9 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         finish(gr);
         return;
     }
-    snprintf(hdr, sizeof hdr, "x-fusebox-cost-usd: %s\r\n", cost_s);
-    if (fail != FB_UP_OK || gr->too_big) {
+    snprintf(hdr, sizeof hdr, "x-fusebox-cost-usd: %s\r\n%s", cost_s,
+             gr->too_big ? "x-should-retry: false\r\n" : "");
+    if (fail != FB_UP_OK || gr->too_big || gr->buf == NULL) {
         int status = fail == FB_UP_TIMEOUT ? 504 : 502;
         char msg[512];
         snprintf(msg, sizeof msg, "upstream %s failed: %s", gr->pc->name,
@@ -511,8 +530,8 @@ static void on_reserved(void *arg, fb_err err)
         finish(gr);
         return;
     }
-    if (gr->client_gone) {
-        settle(gr, 499, 0, "client_gone");
+    if (gr->client_gone || gr->g->stopped) {
+        settle(gr, 499, 0, gr->g->stopped ? "shutdown" : "client_gone");
         fb_req_reply(gr->req, 499, NULL, NULL, "", 0);
         gr->req = NULL;
         finish(gr);
@@ -528,6 +547,7 @@ static void refuse_budget(gw_req *gr, const fb_refusal *why)
     char lim[32], spent[32], resv[32], req[32], msg[512], scope_buf[160];
     const fb_budget_spec *spec = fb_scope_limit(why->scope);
     static const char *const per[] = {"", "/hour", "/day", "/month"};
+    FB_ASSERT((size_t)spec->period < FB_ARRAY_LEN(per));
     money_str(why->limit, lim, sizeof lim);
     money_str(why->spent, spent, sizeof spent);
     money_str(why->reserved, resv, sizeof resv);
@@ -573,6 +593,15 @@ static void with_key(gw_req *gr)
 {
     gateway *g = gr->g;
     char msg[512];
+    if (fb_config_tenant(g->c, gr->key.tenant) == NULL) {
+        /* A retired or renamed tenant must not fall back to the global
+         * ceiling alone. */
+        snprintf(msg, sizeof msg,
+                 "this key's tenant '%s' is not in the config", gr->key.tenant);
+        reply_error(gr, 403, "unknown_tenant", msg);
+        finish(gr);
+        return;
+    }
     char *nb = NULL;
     size_t nl = 0;
     fb_scope *scopes[FB_SCOPES_MAX];
@@ -666,7 +695,7 @@ static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
     }
     cache_key(gr->g, k, window_spent);
     gr->key = *k;
-    if (gr->client_gone) {
+    if (gr->client_gone || gr->g->stopped) {
         fb_req_reply(gr->req, 499, NULL, NULL, "", 0);
         gr->req = NULL;
         finish(gr);
@@ -716,6 +745,13 @@ static void handle(void *ud, fb_req *req)
     if (unsafe_path(t, tl) || h->method_len >= 16) {
         fb_req_error(req, 400, "invalid_request",
                      "path segments '.' and '..' are not allowed",
+                     "x-should-retry: false\r\n");
+        return;
+    }
+    if (memmem(t, tl, FB_KEY_PREFIX, 4) != NULL) {
+        /* It would be forwarded to the provider and land in its logs. */
+        fb_req_error(req, 400, "invalid_request",
+                     "a fusebox key must not be sent in the URL",
                      "x-should-retry: false\r\n");
         return;
     }
@@ -771,11 +807,10 @@ static void on_change(void *arg, const fb_change *c)
     void *v;
     while (fb_map_next(g->keys, &it, &k, &kl, &v)) {
         fb_key_rec *rec = v;
-        if (strcmp(rec->id, c->subject) == 0 ||
-            strcmp(rec->prefix, c->subject) == 0) {
+        if (strcmp(rec->id, c->subject) == 0) {
             free(fb_map_del(g->keys, k, kl));
             fb_log(FB_LOG_INFO, "key %s revoked", c->subject);
-            return;
+            break; /* ids are unique */
         }
     }
 }
@@ -803,8 +838,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     gateway *g = arg;
     (void)what;
-    if (g->draining)
+    if (g->draining) {
+        fb_log(FB_LOG_WARN, "second signal: stopping with %zu calls in flight",
+               g->inflight);
+        event_base_loopexit(g->base, NULL);
         return;
+    }
     fb_log(FB_LOG_INFO, "signal %d: draining %zu calls in flight", (int)sig,
            g->inflight);
     g->draining = 1;
@@ -859,7 +898,7 @@ int fb_gateway_serve(const fb_config *c)
 {
     gateway g = {0};
     fb_store *st = NULL, *maint = NULL;
-    int rc = 1, port = 0;
+    int rc = 1, port = 0, lock_fd = -1;
     char errbuf[512];
     int64_t recovered = 0;
 
@@ -898,6 +937,20 @@ int fb_gateway_serve(const fb_config *c)
             goto out;
     }
 
+    /* One daemon per store: two would each enforce the whole ceiling,
+     * and one's crash recovery would charge the other's calls in flight. */
+    {
+        char lock[4096];
+        snprintf(lock, sizeof lock, "%s/fusebox.lock", c->data_dir);
+        (void)mkdir(c->data_dir, 0700);
+        lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+            fb_log(FB_LOG_ERROR,
+                   "another fusebox serve is using %s (or it is not writable)",
+                   c->data_dir);
+            goto out;
+        }
+    }
     if (fb_store_open(c, &st, errbuf, sizeof errbuf) != FB_OK ||
         fb_store_open(c, &maint, errbuf, sizeof errbuf) != FB_OK) {
         fb_log(FB_LOG_ERROR, "%s", errbuf);
@@ -948,8 +1001,10 @@ int fb_gateway_serve(const fb_config *c)
     fb_log(FB_LOG_INFO, "stopped");
     rc = 0;
 out:
-    /* Close the front first: requests still owned here are abandoned (their
-     * rows stay RESERVED and are charged in full at the next start). */
+    /* Close the front first: calls still upstream are abandoned (their rows
+     * stay RESERVED and are charged in full at the next start); ledger
+     * callbacks still to come only settle. */
+    g.stopped = 1;
     fb_server_free(g.srv);
     fb_upstream_free(g.up);
     fb_ledger_stop(g.ledger);
@@ -971,5 +1026,7 @@ out:
     free(g.provider_keys);
     if (g.base)
         event_base_free(g.base);
+    if (lock_fd >= 0)
+        close(lock_fd);
     return rc;
 }

@@ -31,6 +31,7 @@ typedef struct op {
     struct op *next;
     enum op_kind kind;
     fb_err err;
+    int tries;
     void *arg;
     union {
         fb_ledger_done_fn done;
@@ -197,17 +198,93 @@ static int collect_change(void *arg, const fb_change *c)
     return 0;
 }
 
+/* Run a batch in one transaction. On failure nothing of it was written
+ * (a failed transaction is rolled back whole) and FB_EIO or the like is
+ * returned. An op's own error that leaves the transaction alive (a
+ * duplicate key, say) fails that op only. */
+static fb_err run_batch(fb_ledger *l, op *batch)
+{
+    fb_err err = fb_store_begin(l->store);
+    for (op *o = batch; o != NULL && err == FB_OK; o = o->next) {
+        run_op(l, o);
+        if (!fb_store_in_transaction(l->store))
+            err = o->err != FB_OK ? o->err : FB_EIO;
+    }
+    if (err == FB_OK)
+        err = fb_store_commit(l->store);
+    if (err != FB_OK)
+        fb_store_rollback(l->store);
+    return err;
+}
+
+/* Run what was taken from the queue, then hand the results to the loop.
+ * Settlements of a failed batch go back to the head of the queue: money
+ * already spent must be recorded (a few tries; a row left RESERVED is
+ * charged in full at the next start, never less). Returns the batch's
+ * error. */
+static fb_err process(fb_ledger *l, op *batch, int want_changes)
+{
+    fb_err terr = batch ? run_batch(l, batch) : FB_OK;
+    if (want_changes)
+        (void)fb_store_changes(l->store, l->change_seq, collect_change, l);
+
+    op *retry = NULL, *rlast = NULL;
+    pthread_mutex_lock(&l->mu);
+    for (op *o = batch, *next; o; o = next) {
+        next = o->next;
+        if (terr != FB_OK && o->kind == OP_SETTLE && ++o->tries < 5) {
+            o->next = NULL;
+            if (rlast)
+                rlast->next = o;
+            else
+                retry = o;
+            rlast = o;
+            continue;
+        }
+        if (terr != FB_OK && o->err == FB_OK)
+            o->err = terr;
+        o->next = l->done;
+        l->done = o;
+        l->backlog--;
+    }
+    if (retry != NULL) { /* back at the head, in their order */
+        rlast->next = l->head;
+        if (l->head == NULL)
+            l->tail = rlast;
+        l->head = retry;
+    }
+    if (l->nfetched > 0) {
+        l->changes = l->fetched;
+        l->nchanges = l->nfetched;
+        l->fetched = NULL;
+        l->nfetched = l->capfetched = 0;
+    }
+    int wake = l->done != NULL || l->nchanges > 0;
+    pthread_mutex_unlock(&l->mu);
+    if (wake && l->done_ev != NULL)
+        event_active(l->done_ev, EV_READ, 0);
+    return terr;
+}
+
+static void deadline(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    ts->tv_sec += ms / 1000 + ts->tv_nsec / 1000000000L;
+    ts->tv_nsec %= 1000000000L;
+}
+
 static void *thread_main(void *arg)
 {
     fb_ledger *l = arg;
+    fb_err last = FB_OK;
     for (;;) {
+        struct timespec ts;
         pthread_mutex_lock(&l->mu);
-        if (l->head == NULL && !l->stopping) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += (long)l->poll_ms * 1000000L;
-            ts.tv_sec += ts.tv_nsec / 1000000000L;
-            ts.tv_nsec %= 1000000000L;
+        /* Idle: wait for work or the next poll. After a failed batch:
+         * back off before trying again, unless stopping. */
+        if ((l->head == NULL || last != FB_OK) && !l->stopping) {
+            deadline(&ts, last != FB_OK ? 100 : l->poll_ms);
             pthread_cond_timedwait(&l->cv, &l->mu, &ts);
         }
         op *batch = l->head;
@@ -218,41 +295,7 @@ static void *thread_main(void *arg)
         pthread_mutex_unlock(&l->mu);
         if (stop)
             break;
-
-        fb_err terr = FB_OK;
-        if (batch != NULL) {
-            terr = fb_store_begin(l->store);
-            for (op *o = batch; o; o = o->next)
-                run_op(l, o);
-            if (terr == FB_OK)
-                terr = fb_store_commit(l->store);
-            if (terr != FB_OK)
-                fb_store_rollback(l->store);
-        }
-        if (want_changes)
-            (void)fb_store_changes(l->store, l->change_seq, collect_change, l);
-
-        pthread_mutex_lock(&l->mu);
-        size_t n = 0;
-        for (op *o = batch, *next; o; o = next) {
-            next = o->next;
-            n++;
-            if (terr != FB_OK && o->err == FB_OK)
-                o->err = terr;
-            o->next = l->done;
-            l->done = o;
-        }
-        l->backlog -= n;
-        if (l->nfetched > 0) {
-            l->changes = l->fetched;
-            l->nchanges = l->nfetched;
-            l->fetched = NULL;
-            l->nfetched = l->capfetched = 0;
-        }
-        int wake = l->done != NULL || l->nchanges > 0;
-        pthread_mutex_unlock(&l->mu);
-        if (wake)
-            event_active(l->done_ev, EV_READ, 0);
+        last = process(l, batch, want_changes);
     }
     return NULL;
 }
@@ -328,9 +371,13 @@ fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
     l->done_ev = event_new(base, -1, 0, on_done, l);
     if (l->done_ev == NULL)
         goto fail;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* immune to clock steps */
     pthread_mutex_init(&l->mu, NULL);
-    pthread_cond_init(&l->cv, NULL);
-    pthread_cond_init(&l->maint_cv, NULL);
+    pthread_cond_init(&l->cv, &ca);
+    pthread_cond_init(&l->maint_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&l->thread, NULL, thread_main, l) != 0) {
         pthread_mutex_destroy(&l->mu);
         pthread_cond_destroy(&l->cv);
@@ -361,7 +408,18 @@ void fb_ledger_stop(fb_ledger *l)
     pthread_join(l->thread, NULL);
     if (l->has_maint)
         pthread_join(l->maint_thread, NULL);
-    on_done(-1, 0, l); /* callbacks of the last batch */
+    /* The threads are gone: run the last callbacks here, and whatever they
+     * queue in turn (a settlement, say), until nothing is left. */
+    for (;;) {
+        on_done(-1, 0, l);
+        pthread_mutex_lock(&l->mu);
+        op *batch = l->head;
+        l->head = l->tail = NULL;
+        pthread_mutex_unlock(&l->mu);
+        if (batch == NULL)
+            break;
+        process(l, batch, 0);
+    }
     event_free(l->done_ev);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);

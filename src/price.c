@@ -33,19 +33,29 @@ struct fb_prices {
     ", \"output_cost_per_token\": " out                                        \
     ", \"cache_read_input_token_cost\": " cread                                \
     ", \"max_input_tokens\": " maxin ", \"max_output_tokens\": " maxout "}"
-#define ANTHROPIC(model, in, out, cread, cwrite, maxin, maxout)                \
+/* An OpenAI model with a priority tier. */
+#define OPENAI_P(model, in, out, cread, pin, pout, pcread, maxin, maxout)      \
+    "\"" model "\": {\"input_cost_per_token\": " in                            \
+    ", \"output_cost_per_token\": " out                                        \
+    ", \"cache_read_input_token_cost\": " cread                                \
+    ", \"input_cost_per_token_priority\": " pin                                \
+    ", \"output_cost_per_token_priority\": " pout                              \
+    ", \"cache_read_input_token_cost_priority\": " pcread                      \
+    ", \"max_input_tokens\": " maxin ", \"max_output_tokens\": " maxout "}"
+#define ANTHROPIC(model, in, out, cread, cwrite, cwrite1h, maxin, maxout)      \
     "\"" model "\": {\"input_cost_per_token\": " in                            \
     ", \"output_cost_per_token\": " out                                        \
     ", \"cache_read_input_token_cost\": " cread                                \
     ", \"cache_creation_input_token_cost\": " cwrite                           \
+    ", \"cache_creation_input_token_cost_above_1hr\": " cwrite1h               \
     ", \"max_input_tokens\": " maxin ", \"max_output_tokens\": " maxout "}"
 
 /* clang-format off */
 static const char builtin_json[] = "{"
-    OPENAI("gpt-4o",
-        "2.5e-06", "1e-05", "1.25e-06", "128000", "16384") ","
-    OPENAI("gpt-4o-mini",
-        "1.5e-07", "6e-07", "7.5e-08", "128000", "16384") ","
+    OPENAI_P("gpt-4o",
+        "2.5e-06", "1e-05", "1.25e-06", "4.25e-06", "1.7e-05", "2.125e-06", "128000", "16384") ","
+    OPENAI_P("gpt-4o-mini",
+        "1.5e-07", "6e-07", "7.5e-08", "2.5e-07", "1e-06", "1.25e-07", "128000", "16384") ","
     /* Embedding models: input only (OpenAI's published prices). */
     OPENAI("text-embedding-3-small",
         "2e-08", "0", "2e-08", "8191", "0") ","
@@ -53,76 +63,76 @@ static const char builtin_json[] = "{"
         "1.3e-07", "0", "1.3e-07", "8191", "0") ","
     OPENAI("text-embedding-ada-002",
         "1e-07", "0", "1e-07", "8191", "0") ","
-    OPENAI("gpt-4.1",
-        "2e-06", "8e-06", "5e-07", "1047576", "32768") ","
-    OPENAI("gpt-4.1-mini",
-        "4e-07", "1.6e-06", "1e-07", "1047576", "32768") ","
-    OPENAI("gpt-4.1-nano",
-        "1e-07", "4e-07", "2.5e-08", "1047576", "32768") ","
-    OPENAI("gpt-5",
-        "1.25e-06", "1e-05", "1.25e-07", "272000", "128000") ","
-    OPENAI("gpt-5-mini",
-        "2.5e-07", "2e-06", "2.5e-08", "272000", "128000") ","
+    OPENAI_P("gpt-4.1",
+        "2e-06", "8e-06", "5e-07", "3.5e-06", "1.4e-05", "8.75e-07", "1047576", "32768") ","
+    OPENAI_P("gpt-4.1-mini",
+        "4e-07", "1.6e-06", "1e-07", "7e-07", "2.8e-06", "1.75e-07", "1047576", "32768") ","
+    OPENAI_P("gpt-4.1-nano",
+        "1e-07", "4e-07", "2.5e-08", "2e-07", "8e-07", "5e-08", "1047576", "32768") ","
+    OPENAI_P("gpt-5",
+        "1.25e-06", "1e-05", "1.25e-07", "2.5e-06", "2e-05", "2.5e-07", "272000", "128000") ","
+    OPENAI_P("gpt-5-mini",
+        "2.5e-07", "2e-06", "2.5e-08", "4.5e-07", "3.6e-06", "4.5e-08", "272000", "128000") ","
     OPENAI("gpt-5-nano",
         "5e-08", "4e-07", "5e-09", "272000", "128000") ","
-    OPENAI("o3",
-        "2e-06", "8e-06", "5e-07", "200000", "100000") ","
+    OPENAI_P("o3",
+        "2e-06", "8e-06", "5e-07", "3.5e-06", "1.4e-05", "8.75e-07", "200000", "100000") ","
     OPENAI("o3-mini",
         "1.1e-06", "4.4e-06", "5.5e-07", "200000", "100000") ","
-    OPENAI("o4-mini",
-        "1.1e-06", "4.4e-06", "2.75e-07", "200000", "100000") ","
+    OPENAI_P("o4-mini",
+        "1.1e-06", "4.4e-06", "2.75e-07", "2e-06", "8e-06", "5e-07", "200000", "100000") ","
     ANTHROPIC("claude-3-7-sonnet-20250219",
-        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "200000", "64000") ","
+        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "6e-06", "200000", "64000") ","
     ANTHROPIC("claude-3-haiku-20240307",
-        "2.5e-07", "1.25e-06", "3e-08", "3e-07", "200000", "4096") ","
+        "2.5e-07", "1.25e-06", "3e-08", "3e-07", "6e-06", "200000", "4096") ","
     ANTHROPIC("claude-3-opus-20240229",
-        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "200000", "4096") ","
+        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "6e-06", "200000", "4096") ","
     ANTHROPIC("claude-4-opus-20250514",
-        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "200000", "32000") ","
+        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "3e-05", "200000", "32000") ","
     ANTHROPIC("claude-4-sonnet-20250514",
-        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "1000000", "64000") ","
+        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "6e-06", "1000000", "64000") ","
     ANTHROPIC("claude-fable-5",
-        "1e-05", "5e-05", "1e-06", "1.25e-05", "1000000", "128000") ","
+        "1e-05", "5e-05", "1e-06", "1.25e-05", "2e-05", "1000000", "128000") ","
     ANTHROPIC("claude-haiku-4-5",
-        "1e-06", "5e-06", "1e-07", "1.25e-06", "200000", "64000") ","
+        "1e-06", "5e-06", "1e-07", "1.25e-06", "2e-06", "200000", "64000") ","
     ANTHROPIC("claude-haiku-4-5-20251001",
-        "1e-06", "5e-06", "1e-07", "1.25e-06", "200000", "64000") ","
+        "1e-06", "5e-06", "1e-07", "1.25e-06", "2e-06", "200000", "64000") ","
     ANTHROPIC("claude-mythos-5",
-        "1e-05", "5e-05", "1e-06", "1.25e-05", "1000000", "128000") ","
+        "1e-05", "5e-05", "1e-06", "1.25e-05", "2e-05", "1000000", "128000") ","
     ANTHROPIC("claude-opus-4-1",
-        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "200000", "32000") ","
+        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "3e-05", "200000", "32000") ","
     ANTHROPIC("claude-opus-4-1-20250805",
-        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "200000", "32000") ","
+        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "3e-05", "200000", "32000") ","
     ANTHROPIC("claude-opus-4-20250514",
-        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "200000", "32000") ","
+        "1.5e-05", "7.5e-05", "1.5e-06", "1.875e-05", "3e-05", "200000", "32000") ","
     ANTHROPIC("claude-opus-4-5",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "200000", "64000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "200000", "64000") ","
     ANTHROPIC("claude-opus-4-5-20251101",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "200000", "64000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "200000", "64000") ","
     ANTHROPIC("claude-opus-4-6",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1000000", "128000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "1000000", "128000") ","
     ANTHROPIC("claude-opus-4-6-20260205",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1000000", "128000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "1000000", "128000") ","
     ANTHROPIC("claude-opus-4-6-thinking",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1000000", "128000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "1000000", "128000") ","
     ANTHROPIC("claude-opus-4-7",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1000000", "128000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "1000000", "128000") ","
     ANTHROPIC("claude-opus-4-7-20260416",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1000000", "128000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "1000000", "128000") ","
     ANTHROPIC("claude-opus-4-8",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1000000", "128000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "1000000", "128000") ","
     ANTHROPIC("claude-opus-5",
-        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1000000", "128000") ","
+        "5e-06", "2.5e-05", "5e-07", "6.25e-06", "1e-05", "1000000", "128000") ","
     ANTHROPIC("claude-sonnet-4-20250514",
-        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "1000000", "64000") ","
+        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "6e-06", "1000000", "64000") ","
     ANTHROPIC("claude-sonnet-4-5",
-        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "200000", "64000") ","
+        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "6e-06", "200000", "64000") ","
     ANTHROPIC("claude-sonnet-4-5-20250929",
-        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "200000", "64000") ","
+        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "6e-06", "200000", "64000") ","
     ANTHROPIC("claude-sonnet-4-6",
-        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "1000000", "64000") ","
+        "3e-06", "1.5e-05", "3e-07", "3.75e-06", "6e-06", "1000000", "64000") ","
     ANTHROPIC("claude-sonnet-5",
-        "2e-06", "1e-05", "2e-07", "2.5e-06", "1000000", "128000") "}";
+        "2e-06", "1e-05", "2e-07", "2.5e-06", "4e-06", "1000000", "128000") "}";
 /* clang-format on */
 
 #undef OPENAI
@@ -244,6 +254,27 @@ static fb_err parse_entry(const json_t *entry, const char *model, fb_price *out,
         pr.cache_read = pr.input;
     if (!has_cw)
         pr.cache_write = pr.input;
+    int has_1h, has_ip, has_op, has_crp;
+    err = read_money(entry, model, "cache_creation_input_token_cost_above_1hr",
+                     &pr.cache_write_1h, &has_1h, where, errbuf, errcap);
+    if (err == FB_OK)
+        err = read_money(entry, model, "input_cost_per_token_priority",
+                         &pr.input_priority, &has_ip, where, errbuf, errcap);
+    if (err == FB_OK)
+        err = read_money(entry, model, "output_cost_per_token_priority",
+                         &pr.output_priority, &has_op, where, errbuf, errcap);
+    if (err == FB_OK)
+        err = read_money(entry, model, "cache_read_input_token_cost_priority",
+                         &pr.cache_read_priority, &has_crp, where, errbuf,
+                         errcap);
+    if (err != FB_OK)
+        return err;
+    if (!has_1h)
+        pr.cache_write_1h = pr.cache_write;
+    if (!has_ip || !has_op) /* a tier is priced whole or not at all */
+        pr.input_priority = pr.output_priority = pr.cache_read_priority = 0;
+    else if (!has_crp)
+        pr.cache_read_priority = pr.input_priority;
     /* LiteLLM's older entries only have max_tokens, which then means the
      * output limit; read it first so max_output_tokens wins. */
     err = read_count(entry, model, "max_tokens", &pr.max_output_tokens, where,

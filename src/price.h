@@ -14,6 +14,13 @@ typedef struct fb_price {
     fb_money output;      /* per output token (output_cost_per_token) */
     fb_money cache_read;  /* cache_read_input_token_cost; input if absent */
     fb_money cache_write; /* cache_creation_input_token_cost; input if absent */
+    fb_money cache_write_1h; /* ..._cost_above_1hr (Anthropic 1-hour cache
+                                writes); cache_write if absent */
+    /* The priority service tier (OpenAI service_tier "priority"):
+     * *_cost_per_token_priority; 0 when unknown (such calls are refused). */
+    fb_money input_priority;
+    fb_money output_priority;
+    fb_money cache_read_priority; /* input_priority if absent */
     int64_t max_output_tokens; /* max_output_tokens, else max_tokens; 0 unknown */
     int64_t max_input_tokens;  /* 0 unknown */
 } fb_price;

@@ -2,13 +2,16 @@
  *
  * Worst case (reserved before the call):
  *   input tokens  <= request body bytes (each token of a byte-level BPE
- *                    tokenizer covers at least one byte), priced at the
- *                    dearer of the input and cache-write prices;
- *   output tokens <= n * (max_completion_tokens | max_tokens |
- *                    max_output_tokens | the model's maximum output),
- *                    capped at the model's maximum when it is known;
+ *                    tokenizer covers at least one byte), or the model's
+ *                    maximum input when the request pulls in stored state
+ *                    (previous_response_id, conversation, a stored prompt),
+ *                    priced at the dearest of the input and cache-write
+ *                    prices;
+ *   output tokens <= n * prompts * (max_completion_tokens | max_tokens |
+ *                    max_output_tokens, as sent, else the model's maximum);
  *   generic       =  price_per_call * count.
- * Images, audio and tool fees are not bounded by this (README, limits). */
+ * The priority service tier is priced from its own table entries or
+ * refused. Images, audio and tool fees are not bounded (README, limits). */
 #include "provider.h"
 
 #include <jansson.h>
@@ -57,6 +60,8 @@ static int worst_tokens(fb_call *call, int64_t in, int64_t out, char *msg,
 {
     const fb_price *p = call->price;
     fb_money inp = p->input > p->cache_write ? p->input : p->cache_write;
+    if (p->cache_write_1h > inp)
+        inp = p->cache_write_1h;
     fb_money a, b;
     call->worst_in = in;
     call->worst_out = out;
@@ -114,9 +119,36 @@ static fb_refuse output_bound(json_t *root, const char *const *fields,
                  call->model);
         return FB_REFUSE_BAD_REQUEST;
     }
-    if (!got || (model_max > 0 && v > model_max))
+    /* A limit that was sent is used as sent: the provider rejects one it
+     * cannot honour at no cost, and a capped one could under-reserve
+     * (beta headers raise some models' output limits). */
+    if (!got)
         v = model_max;
     *out = v;
+    return FB_REFUSE_NONE;
+}
+
+/* The priority tier bills other prices: price the call from them, or
+ * refuse it when they are unknown. Other tiers (flex, batch) cost less
+ * and are settled at standard prices, which over-counts. */
+static fb_refuse service_tier(json_t *root, fb_call *call, char *msg,
+                              size_t cap)
+{
+    const char *tier = json_string_value(json_object_get(root, "service_tier"));
+    if (tier == NULL || strcmp(tier, "priority") != 0)
+        return FB_REFUSE_NONE;
+    const fb_price *p = call->price;
+    if (p->input_priority <= 0 || p->output_priority <= 0) {
+        snprintf(msg, cap, "no priority-tier price is known for model '%s'",
+                 call->model);
+        return FB_REFUSE_UNKNOWN_PRICE;
+    }
+    call->tier = *p;
+    call->tier.input = call->tier.cache_write = call->tier.cache_write_1h =
+        p->input_priority;
+    call->tier.output = p->output_priority;
+    call->tier.cache_read = p->cache_read_priority;
+    call->price = &call->tier;
     return FB_REFUSE_NONE;
 }
 
@@ -154,8 +186,26 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
         return FB_REFUSE_BAD_REQUEST;
     if ((r = model_price(root, prices, call, msg, cap)) != FB_REFUSE_NONE)
         goto out;
+    if ((r = service_tier(root, call, msg, cap)) != FB_REFUSE_NONE)
+        goto out;
     json_t *st = json_object_get(root, "stream");
     call->stream = json_is_true(st);
+    int64_t in = (int64_t)len;
+    if (resp && (json_object_get(root, "previous_response_id") != NULL ||
+                 json_object_get(root, "conversation") != NULL ||
+                 json_object_get(root, "prompt") != NULL)) {
+        /* Input the provider adds from stored state is not in the body. */
+        if (call->price->max_input_tokens <= 0) {
+            snprintf(msg, cap,
+                     "the request uses stored state and the maximum input of "
+                     "model '%s' is unknown, so the call cannot be bounded",
+                     call->model);
+            r = FB_REFUSE_BAD_REQUEST;
+            goto out;
+        }
+        if (call->price->max_input_tokens > in)
+            in = call->price->max_input_tokens;
+    }
     if (!emb) {
         r = output_bound(root,
                          chat ? chat_fields : resp ? resp_fields : compl_fields,
@@ -171,15 +221,24 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
         int64_t best = 0;
         if (compl && int_field(root, "best_of", &best) > 0 && best > n)
             n = best > 128 ? 128 : best;
-        out *= n;
+        /* Legacy completions: an array of prompts answers each one. */
+        json_t *pr = compl ? json_object_get(root, "prompt") : NULL;
+        if (json_is_array(pr) && json_array_size(pr) > 0 &&
+            !json_is_integer(json_array_get(pr, 0)))
+            n *= (int64_t)json_array_size(pr);
+        if (__builtin_mul_overflow(out, n, &out)) {
+            snprintf(msg, cap, "the output limit of this request overflows");
+            r = FB_REFUSE_BAD_REQUEST;
+            goto out;
+        }
     }
-    if (worst_tokens(call, (int64_t)len, out, msg, cap) != 0) {
+    if (worst_tokens(call, in, out, msg, cap) != 0) {
         r = FB_REFUSE_BAD_REQUEST;
         goto out;
     }
     /* A chat stream reports usage only when asked; ask for it, and
      * remember to drop that extra chunk if the client did not. */
-    if (chat && call->stream) {
+    if ((chat || compl) && call->stream) {
         json_t *so = json_object_get(root, "stream_options");
         if (!json_is_true(json_object_get(so, "include_usage"))) {
             if (!json_is_object(so)) {
@@ -246,31 +305,70 @@ out:
     return r;
 }
 
-/* count_field=N in the query string of a bodiless call: 0 absent, 1 found,
- * -1 not a non-negative integer. */
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Percent-decode s[0..n) ('+' is a space, as HTML forms and most web
+ * frameworks read it) into out; -1 on a bad escape or if it does not fit. */
+static int pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            int hi, lo;
+            if (i + 2 >= n || (hi = hexval(s[i + 1])) < 0 ||
+                (lo = hexval(s[i + 2])) < 0)
+                return -1;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (k + 1 >= cap)
+            return -1;
+        out[k++] = c;
+    }
+    out[k] = '\0';
+    return (int)k;
+}
+
+/* The count field in the query string, read as a web framework would
+ * (percent-decoded names and values): 0 absent, 1 found, -1 not a
+ * non-negative integer or given more than once (ambiguous: refused). */
 static int query_count(const char *path, const char *field, int64_t *out)
 {
     const char *q = strchr(path, '?');
-    size_t fl = strlen(field);
+    int found = 0;
     while (q != NULL) {
-        q++;
-        if (strncmp(q, field, fl) == 0 && q[fl] == '=') {
-            const char *v = q + fl + 1;
-            int64_t n = 0;
-            size_t i = 0;
-            for (; v[i] >= '0' && v[i] <= '9'; i++) {
-                if (n > (INT64_MAX - 9) / 10)
-                    return -1;
-                n = n * 10 + (v[i] - '0');
-            }
-            if (i == 0 || (v[i] != '\0' && v[i] != '&'))
+        const char *p = q + 1, *end = strchr(p, '&');
+        size_t plen = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', plen);
+        size_t klen = eq ? (size_t)(eq - p) : plen;
+        char key[256], val[64];
+        q = end;
+        if (pct_decode(p, klen, key, sizeof key) < 0 || strcmp(key, field) != 0)
+            continue;
+        if (found++)
+            return -1;
+        const char *v = eq ? eq + 1 : p + plen;
+        int vl = pct_decode(v, (size_t)(p + plen - v), val, sizeof val);
+        int64_t n = 0;
+        if (vl <= 0)
+            return -1;
+        for (int i = 0; i < vl; i++) {
+            if (val[i] < '0' || val[i] > '9' || n > (INT64_MAX - 9) / 10)
                 return -1;
-            *out = n;
-            return 1;
+            n = n * 10 + (val[i] - '0');
         }
-        q = strchr(q, '&');
+        *out = n;
     }
-    return 0;
+    return found;
 }
 
 static fb_refuse generic_inspect(const fb_provider_conf *pc,
@@ -279,14 +377,18 @@ static fb_refuse generic_inspect(const fb_provider_conf *pc,
                                  size_t len, fb_call *call, char **new_body,
                                  size_t *new_len, char *msg, size_t cap)
 {
-    int64_t count = 1;
+    int64_t count = 1, qcount = 0, bcount = 0;
+    int inq = 0, inb = 0;
     (void)prices;
     (void)method;
     (void)new_body;
     (void)new_len;
-    if (pc->count_field != NULL && len == 0 &&
-        query_count(path, pc->count_field, &count) < 0) {
-        snprintf(msg, cap, "\"%s\" must be a non-negative integer",
+    /* The count may come from the query string, the JSON body or both;
+     * a provider could read either, so the larger one is reserved. */
+    if (pc->count_field != NULL &&
+        (inq = query_count(path, pc->count_field, &qcount)) < 0) {
+        snprintf(msg, cap,
+                 "\"%s\" in the query string must be one non-negative integer",
                  pc->count_field);
         return FB_REFUSE_BAD_REQUEST;
     }
@@ -296,15 +398,20 @@ static fb_refuse generic_inspect(const fb_provider_conf *pc,
             return FB_REFUSE_BAD_REQUEST;
         json_t *v = json_object_get(root, pc->count_field);
         if (json_is_array(v)) {
-            count = (int64_t)json_array_size(v);
-        } else if (v != NULL && int_field(root, pc->count_field, &count) < 0) {
-            snprintf(msg, cap, "\"%s\" must be a non-negative integer or an array",
+            bcount = (int64_t)json_array_size(v);
+            inb = 1;
+        } else if (v != NULL &&
+                   (inb = int_field(root, pc->count_field, &bcount)) < 0) {
+            snprintf(msg, cap,
+                     "\"%s\" must be a non-negative integer or an array",
                      pc->count_field);
             json_decref(root);
             return FB_REFUSE_BAD_REQUEST;
         }
         json_decref(root);
     }
+    if (inq || inb)
+        count = qcount > bcount ? qcount : bcount;
     if (fb_money_mul(pc->price_per_call, count, &call->worst) != FB_OK) {
         snprintf(msg, cap, "\"%s\" is too large", pc->count_field);
         return FB_REFUSE_BAD_REQUEST;
@@ -365,6 +472,8 @@ static void anthropic_usage(const char *json, size_t len, fb_usage *u)
         take_max(us, "output_tokens", &u->output, &found);
         take_max(us, "cache_read_input_tokens", &u->cache_read, &found);
         take_max(us, "cache_creation_input_tokens", &u->cache_write, &found);
+        take_max(json_object_get(us, "cache_creation"),
+                 "ephemeral_1h_input_tokens", &u->cache_write_1h, &found);
         u->found |= found;
     }
     json_decref(root);
@@ -402,9 +511,15 @@ static fb_err openai_cost(const fb_price *p, const fb_usage *u, fb_money *out)
 static fb_err anthropic_cost(const fb_price *p, const fb_usage *u,
                              fb_money *out)
 {
-    int64_t t[4] = {u->input, u->cache_write, u->cache_read, u->output};
-    fb_money m[4] = {p->input, p->cache_write, p->cache_read, p->output};
-    return dot(t, m, 4, out);
+    /* cache_creation_input_tokens counts both cache lifetimes; the 1-hour
+     * part is billed at its own, higher price. */
+    int64_t h = u->cache_write_1h < u->cache_write ? u->cache_write_1h
+                                                   : u->cache_write;
+    int64_t t[5] = {u->input, u->cache_write - h, h, u->cache_read,
+                    u->output};
+    fb_money m[5] = {p->input, p->cache_write, p->cache_write_1h,
+                     p->cache_read, p->output};
+    return dot(t, m, 5, out);
 }
 
 static fb_err generic_cost(const fb_price *p, const fb_usage *u, fb_money *out)

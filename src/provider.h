@@ -17,13 +17,16 @@ typedef struct fb_usage {
     int64_t input;       /* OpenAI: includes cached; Anthropic: excludes */
     int64_t output;
     int64_t cache_read;  /* cached input tokens */
-    int64_t cache_write; /* Anthropic cache creation tokens */
+    int64_t cache_write; /* Anthropic cache creation tokens (all) */
+    int64_t cache_write_1h; /* the part written to the 1-hour cache */
 } fb_usage;
 
 /* What the gateway learned from a request before forwarding it. */
 typedef struct fb_call {
     char model[128];       /* "" for generic routes and free routes */
-    const fb_price *price; /* NULL for generic and free routes */
+    const fb_price *price; /* NULL for generic and free routes; may point
+                              to tier below */
+    fb_price tier;         /* the model's price in the requested tier */
     int stream;            /* the request asked for SSE */
     int free_route;        /* e.g. GET /v1/models: costs nothing */
     int usage_injected;    /* we asked for stream usage the client did not */

@@ -220,10 +220,14 @@ static void req_done(fb_req *r)
     }
     c->state = ST_HEAD;
     arm_timer(c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
     bufferevent_enable(c->bev, EV_READ);
-    /* A pipelined request may already be buffered. */
+    /* A pipelined request may already be buffered: parse it from the loop,
+     * not from here, or a long pipeline would recurse without bound. */
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
-        conn_read(c->bev, c);
+        bufferevent_trigger(c->bev, EV_READ,
+                            BEV_TRIG_IGNORE_WATERMARKS |
+                                BEV_TRIG_DEFER_CALLBACKS);
 }
 
 /* Move the parsed head into the request, with pointers into its copy. */
@@ -414,6 +418,12 @@ static void conn_timeout(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (c->state == ST_HEAD &&
         evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+        /* Still writing the last answer: not idle (a stalled write is cut
+         * by the write timeout instead). */
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+            arm_timer(c);
+            return;
+        }
         conn_free(c); /* an idle keep-alive connection */
         return;
     }

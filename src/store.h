@@ -87,12 +87,18 @@ void fb_store_close(fb_store *s);
 fb_err fb_store_begin(fb_store *s);
 fb_err fb_store_commit(fb_store *s);
 void fb_store_rollback(fb_store *s);
+/* Is a transaction open? (A failed statement may have ended it.) */
+int fb_store_in_transaction(fb_store *s);
 
 fb_err fb_store_key_insert(fb_store *s, const fb_key_rec *k);
 /* FB_ENOTFOUND if no key has this hash (revoked ones are returned). */
 fb_err fb_store_key_by_hash(fb_store *s, const uint8_t hash[32],
                             fb_key_rec *out);
-/* id may be the key id or its printed prefix. FB_ENOTFOUND if none. */
+/* The key whose id, or printed prefix, is id_or_prefix: FB_ENOTFOUND if
+ * none, FB_EEXIST if a prefix names more than one key. */
+fb_err fb_store_key_find(fb_store *s, const char *id_or_prefix,
+                         fb_key_rec *out);
+/* Revoke the key with this id. FB_ENOTFOUND if none is active. */
 fb_err fb_store_key_revoke(fb_store *s, const char *id, int64_t now_ms);
 /* Calls fn for every key, oldest first; stops early if fn returns != 0. */
 fb_err fb_store_key_list(fb_store *s,

@@ -23,6 +23,7 @@ enum {
     ST_KEY_INSERT,
     ST_KEY_BY_HASH,
     ST_KEY_REVOKE,
+    ST_KEY_FIND,
     ST_KEY_LIST,
     ST_ENTRY_INSERT,
     ST_ENTRY_SETTLE,
@@ -42,8 +43,10 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_KEY_BY_HASH] = "SELECT id,hash,prefix,tenant,job,attempt,budget_limit,"
                        "budget_period,created_ms,revoked_ms FROM keys "
                        "WHERE hash=?",
-    [ST_KEY_REVOKE] = "UPDATE keys SET revoked_ms=? WHERE (id=? OR prefix=?) "
-                      "AND revoked_ms=0",
+    [ST_KEY_REVOKE] = "UPDATE keys SET revoked_ms=? WHERE id=? AND revoked_ms=0",
+    [ST_KEY_FIND] = "SELECT id,hash,prefix,tenant,job,attempt,budget_limit,"
+                    "budget_period,created_ms,revoked_ms FROM keys "
+                    "WHERE id=?1 OR prefix=?1 LIMIT 2",
     [ST_KEY_LIST] = "SELECT id,hash,prefix,tenant,job,attempt,budget_limit,"
                     "budget_period,created_ms,revoked_ms FROM keys "
                     "ORDER BY created_ms, id",
@@ -251,6 +254,11 @@ void fb_store_rollback(fb_store *s)
         (void)step_done(stmt(s, ST_ROLLBACK));
 }
 
+int fb_store_in_transaction(fb_store *s)
+{
+    return !sqlite3_get_autocommit(s->db);
+}
+
 fb_err fb_store_key_insert(fb_store *s, const fb_key_rec *k)
 {
     sqlite3_stmt *st = stmt(s, ST_KEY_INSERT);
@@ -286,7 +294,12 @@ static void read_key(sqlite3_stmt *st, fb_key_rec *k)
     if (sqlite3_column_type(st, 6) != SQLITE_NULL) {
         k->budget.set = 1;
         k->budget.limit = sqlite3_column_int64(st, 6);
-        k->budget.period = (fb_period)sqlite3_column_int(st, 7);
+        int per = sqlite3_column_int(st, 7);
+        /* A period this build does not know reads as a lifetime ceiling,
+         * the strictest reading. */
+        k->budget.period = per >= FB_PERIOD_NONE && per <= FB_PERIOD_MONTH
+                               ? (fb_period)per
+                               : FB_PERIOD_NONE;
     }
     k->created_ms = sqlite3_column_int64(st, 8);
     k->revoked_ms = sqlite3_column_int64(st, 9);
@@ -314,10 +327,30 @@ fb_err fb_store_key_revoke(fb_store *s, const char *id, int64_t now_ms)
     sqlite3_stmt *st = stmt(s, ST_KEY_REVOKE);
     sqlite3_bind_int64(st, 1, now_ms);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
     fb_err err = step_done(st);
     if (err == FB_OK && sqlite3_changes(s->db) == 0)
         err = FB_ENOTFOUND;
+    return err;
+}
+
+fb_err fb_store_key_find(fb_store *s, const char *id_or_prefix,
+                         fb_key_rec *out)
+{
+    sqlite3_stmt *st = stmt(s, ST_KEY_FIND);
+    fb_err err = FB_ENOTFOUND;
+    int rc;
+    sqlite3_bind_text(st, 1, id_or_prefix, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (err == FB_OK) {
+            err = FB_EEXIST; /* a prefix shared by several keys */
+            break;
+        }
+        read_key(st, out);
+        err = FB_OK;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = sqlite_err(rc);
+    sqlite3_reset(st);
     return err;
 }
 
@@ -460,6 +493,9 @@ out:
 fb_err fb_store_checkpoint(fb_store *s)
 {
     int log = 0, done = 0;
+    /* This handle only checkpoints: never wait for locks (a TRUNCATE
+     * pass holds writers back while it waits for readers). */
+    sqlite3_busy_timeout(s->db, 0);
     /* PASSIVE copies what it can without taking the writer's lock. Under a
      * steady stream of commits it never catches up with the end of the
      * log, so the log is never reused; once it is long, a TRUNCATE pass

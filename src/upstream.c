@@ -181,8 +181,17 @@ static void index_headers(fb_up_req *r)
         if (end > start && r->hbuf[end - 1] == '\r')
             end--;
         const char *line = r->hbuf + start;
+        /* Never pass on what could split into more headers downstream: a
+         * folded line, or a control byte (CR, NUL, ...) inside a line. */
+        if (end == start || line[0] == ' ' || line[0] == '\t')
+            continue;
+        int bad = 0;
+        for (size_t k = start; k < end && !bad; k++) {
+            unsigned char ch = (unsigned char)r->hbuf[k];
+            bad = (ch < 0x20 && ch != '\t') || ch == 0x7f;
+        }
         const char *colon = memchr(line, ':', end - start);
-        if (colon == NULL)
+        if (bad || colon == NULL)
             continue;
         const char *v = colon + 1, *ve = r->hbuf + end;
         while (v < ve && (*v == ' ' || *v == '\t'))
@@ -308,8 +317,12 @@ fb_up_req *fb_upstream_start(fb_upstream *u, const char *method,
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* decoded for us */
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (strcmp(method, "GET") == 0) {
+    if (strcmp(method, "GET") == 0 && len == 0) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (len == 0 && strcmp(method, "POST") != 0) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method); /* no body */
     } else {
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);

@@ -22,9 +22,13 @@ static int setup(void **state)
     (void)state;
     prices = fb_prices_new();
     fb_price p = {.input = 150000, .output = 600000, .cache_read = 75000,
-                  .cache_write = 150000, .max_output_tokens = 16384};
+                  .cache_write = 150000, .cache_write_1h = 150000,
+                  .input_priority = 250000, .output_priority = 1000000,
+                  .cache_read_priority = 125000, .max_output_tokens = 16384,
+                  .max_input_tokens = 128000};
     fb_price a = {.input = 3000000, .output = 15000000, .cache_read = 300000,
-                  .cache_write = 3750000, .max_output_tokens = 8192};
+                  .cache_write = 3750000, .cache_write_1h = 6000000,
+                  .max_output_tokens = 8192};
     fb_price nomax = {.input = 1, .output = 2};
     fb_prices_set(prices, "test-4o-mini", &p);
     fb_prices_set(prices, "test-claude", &a);
@@ -83,12 +87,44 @@ static void test_openai_worst_case(void **state)
                      FB_REFUSE_NONE);
     assert_int_equal(c.worst_out, 16384);
 
-    /* A limit above the model's maximum is capped at it. */
+    /* A limit above the model's maximum is reserved as sent. */
     body = "{\"model\":\"test-4o-mini\",\"max_tokens\":999999,\"messages\":[]}";
     assert_int_equal(inspect(&openai, "POST", "/v1/chat/completions", body, &c,
                              &nb, &nl),
                      FB_REFUSE_NONE);
-    assert_int_equal(c.worst_out, 16384);
+    assert_int_equal(c.worst_out, 999999);
+    /* n times an absurd limit overflows: refused, not wrapped. */
+    body = "{\"model\":\"test-4o-mini\",\"max_tokens\":4611686018427387904,"
+           "\"n\":4,\"messages\":[]}";
+    assert_int_equal(inspect(&openai, "POST", "/v1/chat/completions", body, &c,
+                             &nb, &nl),
+                     FB_REFUSE_BAD_REQUEST);
+    /* Legacy completions: one answer per prompt. */
+    body = "{\"model\":\"test-4o-mini\",\"max_tokens\":10,\"n\":2,"
+           "\"prompt\":[\"a\",\"b\",\"c\"]}";
+    assert_int_equal(inspect(&openai, "POST", "/v1/completions", body, &c,
+                             &nb, &nl),
+                     FB_REFUSE_NONE);
+    assert_int_equal(c.worst_out, 60);
+    /* Stored state pulls in input the body does not show. */
+    body = "{\"model\":\"test-4o-mini\",\"max_output_tokens\":1,"
+           "\"previous_response_id\":\"resp_1\",\"input\":\"x\"}";
+    assert_int_equal(inspect(&openai, "POST", "/v1/responses", body, &c, &nb,
+                             &nl),
+                     FB_REFUSE_NONE);
+    assert_int_equal(c.worst_in, 128000);
+    /* The priority tier: its own prices, or refused when unknown. */
+    body = "{\"model\":\"test-4o-mini\",\"max_tokens\":1,"
+           "\"service_tier\":\"priority\",\"messages\":[]}";
+    assert_int_equal(inspect(&openai, "POST", "/v1/chat/completions", body, &c,
+                             &nb, &nl),
+                     FB_REFUSE_NONE);
+    assert_int_equal(c.worst, (fb_money)strlen(body) * 250000 + 1000000);
+    body = "{\"model\":\"test-nomax\",\"max_tokens\":1,"
+           "\"service_tier\":\"priority\",\"messages\":[]}";
+    assert_int_equal(inspect(&openai, "POST", "/v1/chat/completions", body, &c,
+                             &nb, &nl),
+                     FB_REFUSE_UNKNOWN_PRICE);
 
     /* Responses API and embeddings. */
     body = "{\"model\":\"test-4o-mini\",\"input\":\"x\",\"max_output_tokens\":5}";
@@ -195,9 +231,9 @@ static void test_anthropic_worst_case(void **state)
     assert_int_equal(inspect(&anthropic, "POST", "/v1/messages", body, &c, &nb,
                              &nl),
                      FB_REFUSE_NONE);
-    /* Input is priced at the dearer cache-write price. */
+    /* Input is priced at the dearest (1-hour cache write) price. */
     assert_int_equal(c.worst,
-                     (fb_money)strlen(body) * 3750000 + INT64_C(1000) * 15000000);
+                     (fb_money)strlen(body) * 6000000 + INT64_C(1000) * 15000000);
     /* max_tokens is required by the API. */
     assert_int_equal(inspect(&anthropic, "POST", "/v1/messages",
                              "{\"model\":\"test-claude\",\"messages\":[]}", &c,
@@ -237,6 +273,19 @@ static void test_generic(void **state)
     assert_int_equal(c.worst, 56000000000);
     assert_int_equal(inspect(&g, "GET", "/send?to=7x", "", &c, &nb, &nl),
                      FB_REFUSE_BAD_REQUEST);
+    /* Read as a web framework reads it: decoded names, no duplicates, and
+     * the larger of the query and the body. */
+    assert_int_equal(inspect(&g, "GET", "/send?t%6F=9", "", &c, &nb, &nl),
+                     FB_REFUSE_NONE);
+    assert_int_equal(c.worst, 72000000000);
+    assert_int_equal(inspect(&g, "GET", "/send?to=1&to=50", "", &c, &nb, &nl),
+                     FB_REFUSE_BAD_REQUEST);
+    assert_int_equal(inspect(&g, "GET", "/send?to=%", "", &c, &nb, &nl),
+                     FB_REFUSE_BAD_REQUEST);
+    assert_int_equal(inspect(&g, "POST", "/send?to=4", "{\"to\":[1,2]}", &c,
+                             &nb, &nl),
+                     FB_REFUSE_NONE);
+    assert_int_equal(c.worst, 32000000000);
     assert_int_equal(inspect(&g, "POST", "/send", "{}", &c, &nb, &nl),
                      FB_REFUSE_NONE);
     fb_usage u = {0};
@@ -306,6 +355,8 @@ static void test_anthropic_stream_usage(void **state)
         "event: message_start\r\n"
         "data: {\"type\":\"message_start\",\"message\":{\"usage\":"
         "{\"input_tokens\":25,\"cache_creation_input_tokens\":100,"
+        "\"cache_creation\":{\"ephemeral_5m_input_tokens\":70,"
+        "\"ephemeral_1h_input_tokens\":30},"
         "\"cache_read_input_tokens\":50,\"output_tokens\":1}}}\r\n\r\n"
         "event: content_block_delta\n"
         "data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n"
@@ -340,8 +391,9 @@ static void test_anthropic_stream_usage(void **state)
     const fb_price *p = fb_prices_find(prices, "test-claude");
     assert_int_equal(
         fb_provider_ops_for(FB_PROVIDER_ANTHROPIC)->cost(p, &u, &cost), FB_OK);
-    assert_int_equal(cost, 25 * 3000000 + 100 * 3750000 + 50 * 300000 +
-                               42 * 15000000);
+    assert_int_equal(u.cache_write_1h, 30);
+    assert_int_equal(cost, 25 * 3000000 + 70 * 3750000 + 30 * 6000000 +
+                               50 * 300000 + 42 * 15000000);
 }
 
 static void test_usage_only_chunk(void **state)
