@@ -337,6 +337,9 @@ static void add_row(spend_ctx *x, const char *scope, const char *tenant,
     money_json(o, "in_flight_usd", sp.reserved);
     json_object_set_new(o, "paid_calls", json_integer(sp.paid_calls));
     json_object_set_new(o, "blocked_calls", json_integer(sp.blocked_calls));
+    json_object_set_new(o, "replayed_calls", json_integer(sp.replayed_calls));
+    money_json(o, "saved_usd", sp.saved);
+    json_object_set_new(o, "saved_pico", json_integer(sp.saved));
     json_object_set_new(o, "calls", json_integer(sp.calls));
     if (spec != NULL && spec->set) {
         fb_spend_filter wf = {.tenant = tenant, .job = job};
@@ -401,8 +404,9 @@ static void print_text(json_t *rows)
 {
     size_t i;
     json_t *r;
-    printf("%-32s %16s %10s %8s %16s %16s\n", "SCOPE", "SPENT_USD", "PAID",
-           "BLOCKED", "LIMIT_USD", "PERIOD_SPENT");
+    printf("%-28s %14s %7s %7s %8s %14s %14s %14s\n", "SCOPE", "SPENT_USD",
+           "PAID", "BLOCKED", "REPLAYED", "SAVED_USD", "LIMIT_USD",
+           "PERIOD_SPENT");
     json_array_foreach(rows, i, r)
     {
         const char *lim = json_string_value(json_object_get(r, "limit_usd"));
@@ -413,13 +417,16 @@ static void print_text(json_t *rows)
         snprintf(limbuf, sizeof limbuf, "%s%s%s", lim ? lim : "-",
                  per && strcmp(per, "total") ? "/" : "",
                  per && strcmp(per, "total") ? per : "");
-        printf("%-32s %16s %10lld %8lld %16s %16s\n",
+        printf("%-28s %14s %7lld %7lld %8lld %14s %14s %14s\n",
                json_string_value(json_object_get(r, "scope")),
                json_string_value(json_object_get(r, "spent_usd")),
                (long long)json_integer_value(json_object_get(r, "paid_calls")),
                (long long)json_integer_value(
                    json_object_get(r, "blocked_calls")),
-               limbuf, ps ? ps : "-");
+               (long long)json_integer_value(
+                   json_object_get(r, "replayed_calls")),
+               json_string_value(json_object_get(r, "saved_usd")), limbuf,
+               ps ? ps : "-");
     }
 }
 
@@ -518,5 +525,192 @@ out:
     json_decref(x.rows);
     fb_store_close(x.s);
     fb_config_free(x.c);
+    return rc;
+}
+
+/* ---- fusebox trip | reset | replay purge ---- */
+
+/* The scope named by --global/--tenant/--job/--key, as the daemon names
+ * it. A job needs its tenant: --tenant, or the one tenant of the config
+ * that has a job of that name. */
+static int scope_of(const fb_config *c, int global, const char *tenant,
+                    const char *job, const char *key, char *out, size_t cap)
+{
+    if (global + (job != NULL || tenant != NULL) + (key != NULL) != 1) {
+        fprintf(stderr, "name one of --global, --tenant T [--job J], --job J, "
+                        "--key ID\n");
+        return -1;
+    }
+    if (global) {
+        snprintf(out, cap, "global");
+        return 0;
+    }
+    if (key) {
+        snprintf(out, cap, "key:%s", key);
+        return 0;
+    }
+    if (job == NULL) {
+        snprintf(out, cap, "tenant:%s", tenant);
+        return 0;
+    }
+    if (tenant == NULL) {
+        for (size_t i = 0; i < c->ntenants; i++) {
+            if (fb_config_job(&c->tenants[i], job) == NULL)
+                continue;
+            if (tenant != NULL) {
+                fprintf(stderr, "job %s is in several tenants: add --tenant\n",
+                        job);
+                return -1;
+            }
+            tenant = c->tenants[i].name;
+        }
+        if (tenant == NULL) {
+            fprintf(stderr,
+                    "job %s is not in the config: add --tenant to name it\n",
+                    job);
+            return -1;
+        }
+    }
+    snprintf(out, cap, "job:%s/%s", tenant, job);
+    return 0;
+}
+
+/* fusebox trip|reset [--global | --tenant T | --job J [--tenant T] |
+ * --key ID] [--reason TEXT]: an emergency stop that running daemons apply
+ * within a second (and keep across restarts), and its undoing. */
+int fb_cli_trip(int argc, char **argv, int set)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"tenant", required_argument, NULL, 't'},
+        {"job", required_argument, NULL, 'j'},
+        {"key", required_argument, NULL, 'k'},
+        {"global", no_argument, NULL, 'g'},
+        {"reason", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *cfg = NULL, *tenant = NULL, *job = NULL, *key = NULL;
+    const char *reason = "tripped by hand";
+    int global = 0, o, rc = 2;
+    char scope[2 * FB_NAME_MAX + 16], subject[256];
+    fb_config *c = NULL;
+    fb_store *s = NULL;
+    fb_err err;
+
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': cfg = optarg; break;
+        case 't': tenant = optarg; break;
+        case 'j': job = optarg; break;
+        case 'k': key = optarg; break;
+        case 'g': global = 1; break;
+        case 'r': reason = optarg; break;
+        case 'h':
+            printf("fusebox %s [--global | --tenant T | --job J [--tenant T] "
+                   "| --key ID]%s\n",
+                   set ? "trip" : "reset", set ? " [--reason TEXT]" : "");
+            return 0;
+        default: return 2;
+        }
+    }
+    if ((c = fb_cli_config(cfg)) == NULL)
+        return 1;
+    if (scope_of(c, global, tenant, job, key, scope, sizeof scope) != 0)
+        goto out;
+    rc = 1;
+    if ((s = open_store(c)) == NULL)
+        goto out;
+    if (set)
+        snprintf(subject, sizeof subject, "%s\t%s", scope, reason);
+    else
+        snprintf(subject, sizeof subject, "%s", scope);
+    if ((err = fb_store_begin(s)) == FB_OK &&
+        (err = set ? fb_store_trip_set(s, scope, reason, fb_wall_ms())
+                   : fb_store_trip_clear(s, scope)) == FB_OK &&
+        (err = fb_store_change_add(s, set ? "trip" : "reset", subject)) ==
+            FB_OK)
+        err = fb_store_commit(s);
+    if (err != FB_OK) {
+        fb_store_rollback(s);
+        fprintf(stderr, "fusebox %s: %s\n", set ? "trip" : "reset",
+                err == FB_ENOTFOUND ? "that scope is not tripped"
+                                    : "cannot write the store");
+        goto out;
+    }
+    fprintf(stderr, "%s %s; running daemons apply it within a second\n",
+            set ? "tripped" : "reset", scope);
+    rc = 0;
+out:
+    fb_store_close(s);
+    fb_config_free(c);
+    return rc;
+}
+
+/* fusebox replay purge [--job J [--tenant T] | --tenant T | --key ID |
+ * --all]: drop kept results (without a scope: the expired ones). */
+int fb_cli_replay(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"tenant", required_argument, NULL, 't'},
+        {"job", required_argument, NULL, 'j'},
+        {"key", required_argument, NULL, 'k'},
+        {"all", no_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *cfg = NULL, *tenant = NULL, *job = NULL, *key = NULL;
+    int all = 0, o, rc = 2;
+    char scope[2 * FB_NAME_MAX + 16];
+    const char *prefix = NULL;
+    fb_config *c = NULL;
+    fb_store *s = NULL;
+    int64_t n = 0;
+
+    if (argc < 2 || strcmp(argv[1], "purge") != 0) {
+        fprintf(stderr, "usage: fusebox replay purge [--job J [--tenant T] | "
+                        "--tenant T | --key ID | --all]\n");
+        return 2;
+    }
+    optind = 2;
+    while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': cfg = optarg; break;
+        case 't': tenant = optarg; break;
+        case 'j': job = optarg; break;
+        case 'k': key = optarg; break;
+        case 'a': all = 1; break;
+        case 'h':
+            printf("fusebox replay purge [--job J [--tenant T] | --tenant T | "
+                   "--key ID | --all]\n");
+            return 0;
+        default: return 2;
+        }
+    }
+    if ((c = fb_cli_config(cfg)) == NULL)
+        return 1;
+    if (all) {
+        prefix = "";
+    } else if (job || key) {
+        if (scope_of(c, 0, tenant, job, key, scope, sizeof scope) != 0)
+            goto out;
+        prefix = scope;
+    } else if (tenant) {
+        /* every job of the tenant ("job:T/...") */
+        snprintf(scope, sizeof scope, "job:%s/", tenant);
+        prefix = scope;
+    }
+    rc = 1;
+    if ((s = open_store(c)) == NULL)
+        goto out;
+    if (fb_store_results_purge(s, fb_wall_ms(), prefix, 0, 0, &n) != FB_OK) {
+        fprintf(stderr, "fusebox replay purge: cannot write the store\n");
+        goto out;
+    }
+    printf("purged %lld kept results\n", (long long)n);
+    rc = 0;
+out:
+    fb_store_close(s);
+    fb_config_free(c);
     return rc;
 }

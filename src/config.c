@@ -1072,6 +1072,99 @@ static fb_err limits_section(ctx *x, yaml_node_t *n, fb_config *c)
     return FB_OK;
 }
 
+static fb_err ignore_list(ctx *x, yaml_node_t *n, fb_config *c)
+{
+    char where[48];
+    fb_err rc;
+    if (is_null(n))
+        return FB_OK;
+    if (n->type != YAML_SEQUENCE_NODE)
+        return fail(x, n, "replay.ignore_fields", "expected a sequence, got %s",
+                    kind_name(n));
+    size_t cap =
+        (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    if (cap == 0)
+        return FB_OK;
+    if ((c->replay_ignore = calloc(cap, sizeof *c->replay_ignore)) == NULL)
+        return nomem(x);
+    for (yaml_node_item_t *it = n->data.sequence.items.start;
+         it < n->data.sequence.items.top; it++) {
+        yaml_node_t *item;
+        snprintf(where, sizeof where, "replay.ignore_fields[%zu]",
+                 c->nreplay_ignore);
+        if ((rc = node_at(x, *it, n, where, &item)) != FB_OK)
+            return rc;
+        if ((rc = str_value(x, item, where,
+                            &c->replay_ignore[c->nreplay_ignore])) != FB_OK)
+            return rc;
+        c->nreplay_ignore++;
+    }
+    return FB_OK;
+}
+
+static fb_err replay_section(ctx *x, yaml_node_t *n, fb_config *c)
+{
+    enum { ENABLED, TTL, MAXB, IGNORE, IDEM, PERFP, PCT, FLOOR, NF };
+    field f[NF] = {
+        [ENABLED] = {.name = "enabled"},
+        [TTL] = {.name = "ttl_hours"},
+        [MAXB] = {.name = "max_bytes"},
+        [IGNORE] = {.name = "ignore_fields"},
+        [IDEM] = {.name = "idempotency_in_flight"},
+        [PERFP] = {.name = "max_upstream_attempts"},
+        [PCT] = {.name = "max_retry_percent"},
+        [FLOOR] = {.name = "retry_floor"},
+    };
+    static const char *const bools[] = {"false", "true"};
+    static const char *const idem[] = {"reject", "wait"};
+    int64_t v;
+    size_t k;
+    fb_err rc;
+    if (is_null(n))
+        return FB_OK;
+    if ((rc = take_fields(x, n, "replay", f, NF)) != FB_OK)
+        return rc;
+    if (f[ENABLED].val) {
+        if ((rc = choice(x, f[ENABLED].val, "replay.enabled", bools, 2,
+                         "true|false", &k)) != FB_OK)
+            return rc;
+        c->replay_enabled = (int)k;
+    }
+    if (f[TTL].val) {
+        if ((rc = int_value(x, f[TTL].val, "replay.ttl_hours", 1, 24 * 3660,
+                            &v)) != FB_OK)
+            return rc;
+        c->replay_ttl_ms = v * 3600 * 1000;
+    }
+    if (f[MAXB].val &&
+        (rc = int_value(x, f[MAXB].val, "replay.max_bytes", 1 << 20,
+                        INT64_C(1) << 50, &c->replay_max_bytes)) != FB_OK)
+        return rc;
+    if (f[IGNORE].val && (rc = ignore_list(x, f[IGNORE].val, c)) != FB_OK)
+        return rc;
+    if (f[IDEM].val) {
+        if ((rc = choice(x, f[IDEM].val, "replay.idempotency_in_flight", idem,
+                         2, "reject|wait", &k)) != FB_OK)
+            return rc;
+        c->idempotency_wait = (int)k;
+    }
+    int *ints[] = {&c->retry_max_per_fp, &c->retry_max_percent,
+                   &c->retry_floor};
+    static const char *const names[] = {"replay.max_upstream_attempts",
+                                        "replay.max_retry_percent",
+                                        "replay.retry_floor"};
+    static const int64_t max[] = {1000, 100, 1000000};
+    for (int i = PERFP; i <= FLOOR; i++) {
+        if (f[i].val == NULL)
+            continue;
+        if ((rc = int_value(x, f[i].val, names[i - PERFP], i == PERFP ? 1 : 0,
+                            max[i - PERFP], &v)) != FB_OK)
+            return rc;
+        *ints[i - PERFP] = (int)v;
+    }
+    return FB_OK;
+}
+
 static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
 {
     enum {
@@ -1084,6 +1177,7 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         DURABILITY,
         LIMITS,
         LOG_LEVEL,
+        REPLAY,
         NF
     };
     field f[NF] = {
@@ -1096,6 +1190,7 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         [DURABILITY] = {.name = "durability"},
         [LIMITS] = {.name = "limits"},
         [LOG_LEVEL] = {.name = "log_level"},
+        [REPLAY] = {.name = "replay"},
     };
     static const char *const durabilities[] = {"process", "full"};
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -1150,6 +1245,9 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         free(c->log_level);
         c->log_level = l;
     }
+    if (f[REPLAY].val != NULL &&
+        (rc = replay_section(x, f[REPLAY].val, c)) != FB_OK)
+        return rc;
     return FB_OK;
 }
 
@@ -1188,6 +1286,12 @@ static fb_config *config_new(const char *file, const char *base_dir)
     c->client_timeout_ms = 30000;
     c->upstream_connect_timeout_ms = 10000;
     c->upstream_timeout_ms = 600000;
+    c->replay_enabled = 1;
+    c->replay_ttl_ms = INT64_C(7) * 24 * 3600 * 1000;
+    c->replay_max_bytes = INT64_C(1) << 30;
+    c->retry_max_per_fp = 3;
+    c->retry_max_percent = 20;
+    c->retry_floor = 10;
     c->path = fb_strndup(file, strlen(file));
     c->listen_host = fb_strndup("127.0.0.1", 9);
     c->data_dir = path_join(base_dir, "fusebox-data", 12);
@@ -1367,6 +1471,9 @@ void fb_config_free(fb_config *c)
     free(c->path);
     free(c->listen_host);
     free(c->data_dir);
+    for (size_t i = 0; i < c->nreplay_ignore; i++)
+        free(c->replay_ignore[i]);
+    free(c->replay_ignore);
     for (size_t i = 0; i < c->nprices; i++)
         free(c->prices[i]);
     free(c->prices);

@@ -92,6 +92,18 @@ typedef struct fb_config {
     int upstream_connect_timeout_ms; /* 10000 */
     int upstream_timeout_ms;    /* 600000: whole upstream exchange */
     char *log_level;            /* "info" */
+    /* "replay:" section: kept results and retry budgets */
+    int replay_enabled;         /* 1 */
+    int64_t replay_ttl_ms;      /* 7 days */
+    int64_t replay_max_bytes;   /* 1 GiB of kept bodies; oldest go first */
+    char **replay_ignore;       /* top-level body fields left out of the
+                                   fingerprint (volatile ones) */
+    size_t nreplay_ignore;
+    int idempotency_wait;       /* 0: 409 while the first is in flight */
+    int retry_max_per_fp;       /* upstream attempts per fingerprint after
+                                   transient failures: 3 */
+    int retry_max_percent;      /* retries per forwarded calls, a day: 20 */
+    int retry_floor;            /* retries always allowed a day: 10 */
 } fb_config;
 
 /* Read and validate a config file. On error returns FB_EIO/FB_EINVAL and

@@ -45,6 +45,7 @@
 #include "log.h"
 #include "map.h"
 #include "provider.h"
+#include "replay.h"
 #include "server.h"
 #include "sse.h"
 #include "store.h"
@@ -56,6 +57,8 @@
 /* Past this many bytes waiting for a slow client, stop reading the
  * provider until the client catches up: memory per stream stays bounded. */
 #define STREAM_HIGH_WATER (256u << 10)
+/* Results larger than this are answered but not kept. */
+#define MAX_KEPT_BYTES (16u << 20)
 
 typedef struct gateway {
     const fb_config *c;
@@ -66,6 +69,8 @@ typedef struct gateway {
     fb_budget *budget;
     fb_prices *prices;
     fb_map *keys;          /* SHA-256 (32 bytes) -> fb_key_rec* */
+    fb_replay *replay;     /* flights, occurrences, retry budgets, trips */
+    fb_retry_limits retry;
     char **provider_keys;  /* per provider, from the environment */
     int64_t next_id;
     size_t inflight;
@@ -102,19 +107,64 @@ typedef struct gw_req {
     fb_sse sse;
     fb_usage usage;
     char *resp_headers;
+    /* replay */
+    int replay;             /* may be answered from, and kept as, a result */
+    uint8_t fp[32];
+    char rscope[2 * FB_NAME_MAX + 16]; /* "job:T/J", or "key:ID" */
+    int64_t seq;            /* the k-th occurrence in this attempt */
+    uint8_t flight[32];
+    int leading;            /* leads the flight on (rscope, fp, seq) */
+    char *idem;             /* Idempotency-Key */
+    uint8_t iflight[32];
+    int ileading;           /* leads the flight on the Idempotency-Key */
+    void (*resume)(struct gw_req *); /* a waiter's next step */
+    int retry;              /* the client marks it a retry */
+    struct evbuffer *keep;  /* a stream's forwarded bytes, to keep */
+    char *held;             /* a stream's last event, sent once kept */
+    size_t held_len;
+    int kept;               /* a result was kept for this call */
+    uint8_t fkey[32];       /* (rscope, fp): its transient failures */
+    fb_money usage_cost;    /* the settled cost */
 } gw_req;
 
 static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
                           fb_money window_spent);
+static void record(gw_req *gr, fb_entry_state state, int status,
+                   fb_money saved, const char *outcome);
 
 static void money_str(fb_money m, char *buf, size_t cap)
 {
     fb_money_format(m, buf, cap);
 }
 
+static void resume_waiters(gateway *g, const uint8_t key[32])
+{
+    size_t n = 0;
+    void **w = fb_flight_end(g->replay, key, &n);
+    /* Each waiter looks again: it finds what the leader kept, or one of
+     * them leads the next attempt. */
+    for (size_t i = 0; i < n; i++) {
+        gw_req *x = w[i];
+        x->resume(x);
+    }
+    free(w);
+}
+
 static void finish(gw_req *gr)
 {
     gateway *g = gr->g;
+    if (gr->leading) {
+        gr->leading = 0;
+        resume_waiters(g, gr->flight);
+    }
+    if (gr->ileading) {
+        gr->ileading = 0;
+        resume_waiters(g, gr->iflight);
+    }
+    free(gr->idem);
+    free(gr->held);
+    if (gr->keep)
+        evbuffer_free(gr->keep);
     free(gr->new_body);
     free(gr->path);
     free(gr->resp_headers);
@@ -314,6 +364,10 @@ static void up_head(void *arg, int status, const fb_up_header *h, size_t n)
         char amount[32], extra[128];
         gr->streaming = 1;
         fb_sse_init(&gr->sse, MAX_SSE_EVENT);
+        if (gr->replay) {
+            gr->keep = evbuffer_new();
+            FB_ASSERT(gr->keep != NULL);
+        }
         money_str(gr->resv.amount, amount, sizeof amount);
         size_t hl = strlen(gr->resp_headers);
         int xl = snprintf(extra, sizeof extra, "x-fusebox-reserved-usd: %s\r\n",
@@ -327,6 +381,19 @@ static void up_head(void *arg, int status, const fb_up_header *h, size_t n)
         gr->buf = evbuffer_new();
         FB_ASSERT(gr->buf != NULL);
     }
+}
+
+/* The event that ends a stream: OpenAI's [DONE], Anthropic's
+ * message_stop, the Responses API's final response.* event. */
+static int is_terminal_event(const char *ev, size_t len)
+{
+    static const char *const marks[] = {
+        "data: [DONE]", "\"message_stop\"", "\"response.completed\"",
+        "\"response.incomplete\"", "\"response.failed\""};
+    for (size_t i = 0; i < FB_ARRAY_LEN(marks); i++)
+        if (memmem(ev, len, marks[i], strlen(marks[i])) != NULL)
+            return 1;
+    return 0;
 }
 
 /* One whole SSE event: read its usage, then forward it unless it is the
@@ -348,8 +415,27 @@ static void stream_event(gw_req *gr, const char *ev, size_t len)
                 free(data);
         }
     }
-    if (forward)
-        fb_req_stream_write(gr->req, ev, len);
+    if (!forward)
+        return;
+    if (gr->keep != NULL) {
+        if (evbuffer_get_length(gr->keep) + len > MAX_KEPT_BYTES) {
+            evbuffer_free(gr->keep); /* too large to keep: just pass on */
+            gr->keep = NULL;
+        } else {
+            evbuffer_add(gr->keep, ev, len);
+        }
+    }
+    /* The closing event waits until the result is kept: a client that
+     * saw the whole stream can always get it again. */
+    if (gr->keep != NULL && is_terminal_event(ev, len)) {
+        char *h = realloc(gr->held, gr->held_len + len);
+        FB_ASSERT(h != NULL);
+        memcpy(h + gr->held_len, ev, len);
+        gr->held = h;
+        gr->held_len += len;
+        return;
+    }
+    fb_req_stream_write(gr->req, ev, len);
 }
 
 static void up_data(void *arg, const char *data, size_t len)
@@ -375,6 +461,12 @@ static void up_data(void *arg, const char *data, size_t len)
         fb_req_stream_write(gr->req, rest, rl);
         fb_sse_free(&gr->sse);
         gr->passthrough = 1;
+        if (gr->keep != NULL) { /* cannot be kept whole */
+            evbuffer_free(gr->keep);
+            gr->keep = NULL;
+        }
+        fb_req_stream_write(gr->req, gr->held, gr->held_len);
+        gr->held_len = 0;
     }
     if (gr->passthrough)
         fb_req_stream_write(gr->req, data, len);
@@ -389,10 +481,9 @@ static void up_data(void *arg, const char *data, size_t len)
     }
 }
 
-static void settle(gw_req *gr, int status, fb_money cost, const char *outcome)
+static void log_call(gw_req *gr, int status, fb_money cost,
+                     const char *outcome)
 {
-    fb_budget_settle(&gr->resv, cost);
-    fb_ledger_settle(gr->g->ledger, gr->id, status, cost, outcome);
     if (fb_log_enabled(FB_LOG_DEBUG)) {
         char c[32];
         money_str(cost, c, sizeof c);
@@ -403,6 +494,70 @@ static void settle(gw_req *gr, int status, fb_money cost, const char *outcome)
                gr->pc->name, gr->call.model, status, c, outcome,
                (long long)((fb_mono_ns() - gr->start_ns) / 1000000));
     }
+}
+
+static void settle(gw_req *gr, int status, fb_money cost, const char *outcome)
+{
+    fb_budget_settle(&gr->resv, cost);
+    fb_ledger_settle(gr->g->ledger, gr->id, status, cost, outcome);
+    log_call(gr, status, cost, outcome);
+}
+
+/* Upstream answers that a retry cannot change, kept like results. */
+static int deterministic_error(int status)
+{
+    return status == 400 || status == 401 || status == 403 || status == 404 ||
+           status == 422;
+}
+
+static int transient_status(int status)
+{
+    return status == 408 || status == 429 || status >= 500;
+}
+
+static void add_header(gw_req *gr, const char *line)
+{
+    size_t hl = strlen(gr->resp_headers), xl = strlen(line);
+    char *all = realloc(gr->resp_headers, hl + xl + 1);
+    FB_ASSERT(all != NULL);
+    memcpy(all + hl, line, xl + 1);
+    gr->resp_headers = all;
+}
+
+/* Send what the provider answered, once it is kept if it is kept. */
+static void deliver(gw_req *gr)
+{
+    char cost_s[32], line[96];
+    money_str(gr->usage_cost, cost_s, sizeof cost_s);
+    if (gr->streaming) {
+        fb_req_stream_write(gr->req, gr->held, gr->held_len);
+        /* Streams cannot carry the settled cost in a header; an SSE
+         * comment line (ignored by SSE parsers) carries it instead. */
+        int n = snprintf(line, sizeof line, ": x-fusebox-cost-usd %s\n\n",
+                         cost_s);
+        fb_req_stream_write(gr->req, line, (size_t)n);
+        fb_req_stream_end(gr->req);
+    } else {
+        snprintf(line, sizeof line, "x-fusebox-cost-usd: %s\r\n", cost_s);
+        add_header(gr, line);
+        size_t len = evbuffer_get_length(gr->buf);
+        const char *body = (const char *)evbuffer_pullup(gr->buf, -1);
+        fb_req_reply(gr->req, gr->status, gr->resp_headers, NULL,
+                     body ? body : "", len);
+    }
+    gr->req = NULL;
+    finish(gr);
+}
+
+static void on_kept(void *arg, fb_err err)
+{
+    gw_req *gr = arg;
+    if (err != FB_OK)
+        fb_log(FB_LOG_WARN, "could not keep the result of call %lld: %s",
+               (long long)gr->id, fb_strerror(err));
+    else
+        gr->kept = 1;
+    deliver(gr);
 }
 
 static void up_done(void *arg, fb_up_fail fail, const char *detail)
@@ -433,41 +588,34 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         }
     } else
         cost = fb_provider_settle(gr->pc, &gr->call, gr->status, &gr->usage);
-    money_str(cost, cost_s, sizeof cost_s);
-
     if (gr->passthrough && fail == FB_UP_OK && cost < gr->resv.amount)
         cost = gr->resv.amount; /* events went by unread: usage is partial */
-    if (gr->streaming) {
+    gr->usage_cost = cost;
+    money_str(cost, cost_s, sizeof cost_s);
+    if (gr->replay)
+        fb_retry_outcome(gr->g->replay, gr->fkey,
+                         fail != FB_UP_OK || transient_status(gr->status));
+
+    if (gr->streaming && fail != FB_UP_OK) {
+        /* The provider broke off: so do we, without the final chunk, so
+         * that the client sees a cut stream, not a short answer. */
         size_t rl;
         const char *rest = fb_sse_rest(&gr->sse, &rl);
         fb_req_stream_write(gr->req, rest, rl);
-        if (fail != FB_UP_OK) {
-            /* The provider broke off: so do we, without the final chunk,
-             * so that the client sees a cut stream, not a short answer. */
-            fb_log(FB_LOG_WARN, "upstream %s stream broken: %s (key=%s)",
-                   gr->pc->name, detail, gr->key.id);
-            settle(gr, gr->status, cost, "upstream_broken");
-            fb_req_abort(gr->req);
-            gr->req = NULL;
-            finish(gr);
-            return;
-        }
-        /* Streams cannot carry the settled cost in a header; an SSE
-         * comment line (ignored by SSE parsers) carries it instead. */
-        int n = snprintf(hdr, sizeof hdr, ": x-fusebox-cost-usd %s\n\n",
-                         cost_s);
-        fb_req_stream_write(gr->req, hdr, (size_t)n);
-        settle(gr, gr->status, cost, "ok");
-        fb_req_stream_end(gr->req);
+        fb_req_stream_write(gr->req, gr->held, gr->held_len);
+        fb_log(FB_LOG_WARN, "upstream %s stream broken: %s (key=%s)",
+               gr->pc->name, detail, gr->key.id);
+        settle(gr, gr->status, cost, "upstream_broken");
+        fb_req_abort(gr->req);
         gr->req = NULL;
         finish(gr);
         return;
     }
-    snprintf(hdr, sizeof hdr, "x-fusebox-cost-usd: %s\r\n%s", cost_s,
-             gr->too_big ? "x-should-retry: false\r\n" : "");
-    if (fail != FB_UP_OK || gr->too_big || gr->buf == NULL) {
+    if (!gr->streaming && (fail != FB_UP_OK || gr->too_big || gr->buf == NULL)) {
         int status = fail == FB_UP_TIMEOUT ? 504 : 502;
         char msg[512];
+        snprintf(hdr, sizeof hdr, "x-fusebox-cost-usd: %s\r\n%s", cost_s,
+                 gr->too_big ? "x-should-retry: false\r\n" : "");
         snprintf(msg, sizeof msg, "upstream %s failed: %s", gr->pc->name,
                  gr->too_big ? "answer too large" : detail);
         fb_log(FB_LOG_WARN, "%s (key=%s)", msg, gr->key.id);
@@ -480,19 +628,45 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         finish(gr);
         return;
     }
-    settle(gr, gr->status, cost,
-           gr->status < 300 ? "ok" : "upstream_error_status");
-    size_t len = evbuffer_get_length(gr->buf);
-    const char *body = (const char *)evbuffer_pullup(gr->buf, -1);
-    size_t hl = strlen(gr->resp_headers), xl = strlen(hdr);
-    char *all = realloc(gr->resp_headers, hl + xl + 1);
-    FB_ASSERT(all != NULL);
-    memcpy(all + hl, hdr, xl + 1);
-    gr->resp_headers = all;
-    fb_req_reply(gr->req, gr->status, gr->resp_headers, NULL, body ? body : "",
-                 len);
-    gr->req = NULL;
-    finish(gr);
+    if (gr->streaming) {
+        size_t rl;
+        const char *rest = fb_sse_rest(&gr->sse, &rl);
+        if (rl > 0) { /* an unfinished last event: pass it on, unkept */
+            fb_req_stream_write(gr->req, rest, rl);
+            if (gr->keep) {
+                evbuffer_free(gr->keep);
+                gr->keep = NULL;
+            }
+        }
+    }
+    const char *outcome = gr->status < 300 ? "ok" : "upstream_error_status";
+    int keepable = gr->replay && !gr->passthrough &&
+                   ((gr->status >= 200 && gr->status < 300) ||
+                    deterministic_error(gr->status)) &&
+                   (gr->streaming ? gr->keep != NULL
+                                  : evbuffer_get_length(gr->buf) <=
+                                        MAX_KEPT_BYTES);
+    if (!keepable) {
+        settle(gr, gr->status, cost, outcome);
+        deliver(gr);
+        return;
+    }
+    struct evbuffer *src = gr->streaming ? gr->keep : gr->buf;
+    fb_result keep = {.status = gr->status,
+                      .stream = gr->streaming,
+                      .headers = gr->resp_headers,
+                      .headers_len = strlen(gr->resp_headers),
+                      .body = (char *)evbuffer_pullup(src, -1),
+                      .body_len = evbuffer_get_length(src),
+                      .cost = cost,
+                      .seq = gr->seq,
+                      .attempt = gr->key.attempt};
+    memcpy(keep.fp, gr->fp, 32);
+    fb_budget_settle(&gr->resv, cost);
+    log_call(gr, gr->status, cost, outcome);
+    fb_ledger_complete(gr->g->ledger, gr->id, gr->status, cost, outcome,
+                       gr->rscope, &keep, gr->idem,
+                       gr->ts_ms + gr->g->c->replay_ttl_ms, on_kept, gr);
 }
 
 static void start_upstream(gw_req *gr)
@@ -568,18 +742,7 @@ static void refuse_budget(gw_req *gr, const fb_refusal *why)
     json_decref(j);
 
     snprintf(scope_buf, sizeof scope_buf, "budget_exceeded:%s", scope);
-    fb_entry e = {.id = ++gr->g->next_id,
-                  .ts_ms = gr->ts_ms,
-                  .tenant = gr->key.tenant,
-                  .job = gr->key.job,
-                  .key_id = gr->key.id,
-                  .provider = gr->pc->name,
-                  .model = gr->call.model,
-                  .path = gr->path,
-                  .status = 402,
-                  .state = FB_ENTRY_BLOCKED,
-                  .outcome = scope_buf};
-    fb_ledger_insert(gr->g->ledger, &e, NULL, NULL);
+    record(gr, FB_ENTRY_BLOCKED, 402, 0, scope_buf);
     fb_log(FB_LOG_INFO, "blocked: key=%s %s", gr->key.id, msg);
     fb_req_reply(gr->req, 402,
                  "x-should-retry: false\r\nx-fusebox-cost-usd: 0.0\r\n",
@@ -589,49 +752,153 @@ static void refuse_budget(gw_req *gr, const fb_refusal *why)
     finish(gr);
 }
 
-static void with_key(gw_req *gr)
+/* A ledger row for a call that did not go upstream (blocked, replayed). */
+static void record(gw_req *gr, fb_entry_state state, int status,
+                   fb_money saved, const char *outcome)
+{
+    fb_entry e = {.id = ++gr->g->next_id,
+                  .ts_ms = gr->ts_ms ? gr->ts_ms : fb_wall_ms(),
+                  .tenant = gr->key.tenant,
+                  .job = gr->key.job,
+                  .key_id = gr->key.id,
+                  .provider = gr->pc->name,
+                  .model = gr->call.model,
+                  .path = gr->path,
+                  .status = status,
+                  .state = state,
+                  .outcome = outcome,
+                  .fp = gr->replay ? gr->fp : NULL,
+                  .attempt = gr->key.attempt,
+                  .saved = saved,
+                  .retry = gr->retry};
+    fb_ledger_insert(gr->g->ledger, &e, NULL, NULL);
+}
+
+/* Refusals by a fuse (402 budget, 429 trips) are blocked calls. */
+static void refuse(gw_req *gr, int status, const char *type, const char *msg,
+                   const char *outcome)
+{
+    record(gr, FB_ENTRY_BLOCKED, status, 0, outcome);
+    fb_log(FB_LOG_INFO, "blocked: key=%s %s", gr->key.id, msg);
+    fb_req_error(gr->req, status, type, msg,
+                 "x-should-retry: false\r\nx-fusebox-cost-usd: 0.0\r\n");
+    gr->req = NULL;
+    finish(gr);
+}
+
+/* The trip that blocks this call, if any. Trips by hand block everything,
+ * replays too (an emergency stop); a spent retry budget blocks only what
+ * would be paid. */
+static const char *tripped(gw_req *gr, int paid, const char **scope)
+{
+    char names[3][2 * FB_NAME_MAX + 16];
+    const char *all[4] = {"global", names[0], names[1], names[2]};
+    snprintf(names[0], sizeof names[0], "tenant:%s", gr->key.tenant);
+    snprintf(names[1], sizeof names[1], "job:%s/%s", gr->key.tenant,
+             gr->key.job);
+    snprintf(names[2], sizeof names[2], "key:%s", gr->key.id);
+    for (size_t i = 0; i < 4; i++) {
+        if (i == 2 && gr->key.job[0] == '\0')
+            continue;
+        const char *why = fb_trip_reason(gr->g->replay, all[i]);
+        if (why != NULL && (paid || strncmp(why, "retry_budget", 12) != 0)) {
+            *scope = all[i];
+            return why;
+        }
+    }
+    return NULL;
+}
+
+static void trip(gw_req *gr, const char *reason)
+{
+    char scope[2 * FB_NAME_MAX + 16];
+    if (gr->key.job[0])
+        snprintf(scope, sizeof scope, "job:%s/%s", gr->key.tenant, gr->key.job);
+    else
+        snprintf(scope, sizeof scope, "key:%s", gr->key.id);
+    fb_trip_set(gr->g->replay, scope, reason);
+    fb_ledger_trip(gr->g->ledger, scope, reason);
+    fb_log(FB_LOG_WARN, "tripped %s: %s", scope, reason);
+}
+
+/* Answer from a kept result: no upstream call, cost 0. */
+static void serve_replay(gw_req *gr, fb_result *res)
+{
+    static const char mark[] =
+        "x-fusebox-replayed: true\r\nx-fusebox-cost-usd: 0.0\r\n";
+    static const char tail[] = ": x-fusebox-cost-usd 0.0\n\n";
+    char *h = malloc(res->headers_len + sizeof mark);
+    FB_ASSERT(h != NULL);
+    memcpy(h, res->headers, res->headers_len);
+    memcpy(h + res->headers_len, mark, sizeof mark);
+    if (res->stream) {
+        char *b = realloc(res->body, res->body_len + sizeof tail);
+        FB_ASSERT(b != NULL);
+        memcpy(b + res->body_len, tail, sizeof tail);
+        res->body = b;
+        res->body_len += sizeof tail - 1;
+    }
+    gr->ts_ms = fb_wall_ms();
+    record(gr, FB_ENTRY_REPLAYED, res->status, res->cost, "replayed");
+    fb_req_reply(gr->req, res->status, h, NULL, res->body, res->body_len);
+    gr->req = NULL;
+    free(h);
+    finish(gr);
+}
+
+/* Pay for the call: the fuses (trips, retry budgets, ceilings), then the
+ * durable reservation, then the provider. */
+static void pay(gw_req *gr)
 {
     gateway *g = gr->g;
     char msg[512];
-    if (fb_config_tenant(g->c, gr->key.tenant) == NULL) {
-        /* A retired or renamed tenant must not fall back to the global
-         * ceiling alone. */
-        snprintf(msg, sizeof msg,
-                 "this key's tenant '%s' is not in the config", gr->key.tenant);
-        reply_error(gr, 403, "unknown_tenant", msg);
-        finish(gr);
-        return;
-    }
-    char *nb = NULL;
-    size_t nl = 0;
+    const char *scope = NULL, *why;
     fb_scope *scopes[FB_SCOPES_MAX];
     size_t n;
-    fb_refusal why;
+    fb_refusal refusal;
 
-    const fb_provider_ops *ops = fb_provider_ops_for(gr->pc->kind);
-    fb_refuse r = ops->inspect(gr->pc, g->prices, gr->method, gr->path,
-                               gr->body, gr->body_len, &gr->call, &nb, &nl,
-                               msg, sizeof msg);
-    if (r != FB_REFUSE_NONE) {
-        reply_error(gr, 400,
-                    r == FB_REFUSE_UNKNOWN_PRICE    ? "unknown_price"
-                    : r == FB_REFUSE_UNPRICED_ROUTE ? "unpriced_route"
-                                                    : "invalid_request",
-                    msg);
-        finish(gr);
+    gr->ts_ms = fb_wall_ms();
+    if ((why = tripped(gr, 1, &scope)) != NULL) {
+        snprintf(msg, sizeof msg, "%s is tripped: %s", scope, why);
+        refuse(gr, 429,
+               strncmp(why, "retry_budget", 12) == 0 ? "retry_budget_exhausted"
+                                                     : "fuse_tripped",
+               msg, "tripped");
         return;
     }
-    if (nb != NULL) {
-        gr->new_body = nb;
-        gr->body = nb;
-        gr->body_len = nl;
+    if (gr->replay) {
+        int failures = fb_retry_failures(g->replay, gr->fkey);
+        if (failures > 0)
+            gr->retry = 1; /* the same request again, after a failure */
+        if (failures >= g->retry.max_per_fp) {
+            snprintf(msg, sizeof msg,
+                     "retry_budget: %d upstream attempts of the same request "
+                     "failed",
+                     failures);
+            trip(gr, msg);
+            refuse(gr, 429, "retry_budget_exhausted", msg, "retry_budget");
+            return;
+        }
+    }
+    if (gr->key.job[0]) {
+        char job[2 * FB_NAME_MAX + 16];
+        snprintf(job, sizeof job, "job:%s/%s", gr->key.tenant, gr->key.job);
+        if (fb_retry_count_call(g->replay, job, gr->retry, gr->ts_ms,
+                                &g->retry)) {
+            snprintf(msg, sizeof msg,
+                     "retry_budget: retries passed %d%% of the job's calls "
+                     "today (at least %d allowed)",
+                     g->retry.max_percent, g->retry.floor);
+            trip(gr, msg);
+            refuse(gr, 429, "retry_budget_exhausted", msg, "retry_budget");
+            return;
+        }
     }
     key_scopes(gr, scopes, &n);
-    gr->ts_ms = fb_wall_ms();
     fb_err err = fb_budget_reserve(scopes, n, gr->call.worst, gr->ts_ms,
-                                   &gr->resv, &why);
+                                   &gr->resv, &refusal);
     if (err == FB_ELIMIT) {
-        refuse_budget(gr, &why);
+        refuse_budget(gr, &refusal);
         return;
     }
     if (err != FB_OK) {
@@ -652,8 +919,227 @@ static void with_key(gw_req *gr)
                   .status = 0,
                   .reserved = gr->call.worst,
                   .state = FB_ENTRY_RESERVED,
-                  .outcome = "in_flight"};
+                  .outcome = "in_flight",
+                  .fp = gr->replay ? gr->fp : NULL,
+                  .attempt = gr->key.attempt,
+                  .retry = gr->retry};
     fb_ledger_insert(g->ledger, &e, on_reserved, gr);
+}
+
+/* A waiter or a queued caller coming back to a client that left. */
+static int gone(gw_req *gr)
+{
+    if (!gr->client_gone && !gr->g->stopped)
+        return 0;
+    fb_req_reply(gr->req, 499, NULL, NULL, "", 0);
+    gr->req = NULL;
+    finish(gr);
+    return 1;
+}
+
+static void on_lookup(void *arg, fb_err err, fb_result *res)
+{
+    gw_req *gr = arg;
+    if (err == FB_OK) {
+        serve_replay(gr, res);
+        return;
+    }
+    if (err != FB_ENOTFOUND) {
+        reply_error(gr, 503, "store_unavailable",
+                    "the kept results cannot be read right now");
+        finish(gr);
+        return;
+    }
+    if (gone(gr))
+        return;
+    pay(gr);
+}
+
+/* Is result seq already kept, or being bought right now? */
+static void lookup(gw_req *gr)
+{
+    if (gone(gr))
+        return;
+    fb_replay_key(gr->flight, gr->rscope, "r", gr->fp, gr->seq);
+    gr->resume = lookup;
+    if (!fb_flight_join(gr->g->replay, gr->flight, gr))
+        return; /* an identical call is in flight: wait for it */
+    gr->leading = 1;
+    fb_ledger_result_lookup(gr->g->ledger, gr->rscope, gr->fp, gr->seq, NULL,
+                            fb_wall_ms(), on_lookup, gr);
+}
+
+static void occurrence(gw_req *gr);
+
+static void on_occurrences(void *arg, fb_err err, int64_t n)
+{
+    gw_req *gr = arg;
+    uint8_t key[32];
+    size_t nw = 0;
+    fb_replay_key(key, gr->rscope, gr->key.id, gr->fp, gr->key.attempt);
+    void **w = fb_occ_loaded(gr->g->replay, key, err == FB_OK ? n : 0, &nw);
+    for (size_t i = 0; i < nw; i++)
+        occurrence(w[i]);
+    free(w);
+}
+
+/* Which occurrence of this request is this, in its attempt? */
+static void occurrence(gw_req *gr)
+{
+    int loading = 0;
+    uint8_t key[32];
+    if (gone(gr))
+        return;
+    if (gr->key.attempt <= 0) {
+        gr->seq = 1; /* without attempts, the first kept result */
+        lookup(gr);
+        return;
+    }
+    fb_replay_key(key, gr->rscope, gr->key.id, gr->fp, gr->key.attempt);
+    if (fb_occ_next(gr->g->replay, key, gr, &loading, &gr->seq)) {
+        lookup(gr);
+        return;
+    }
+    if (loading) {
+        fb_entry who = {.tenant = gr->key.tenant,
+                        .job = gr->key.job,
+                        .key_id = gr->key.id,
+                        .attempt = gr->key.attempt,
+                        .fp = gr->fp};
+        fb_ledger_occurrences(gr->g->ledger, &who, on_occurrences, gr);
+    }
+}
+
+static void idempotent(gw_req *gr);
+
+static void on_idem(void *arg, fb_err err, fb_result *res)
+{
+    gw_req *gr = arg;
+    if (err == FB_OK) {
+        if (memcmp(res->fp, gr->fp, 32) != 0) {
+            reply_error(gr, 422, "idempotency_key_reused",
+                        "this Idempotency-Key was used for a different request");
+            finish(gr);
+            return;
+        }
+        serve_replay(gr, res);
+        return;
+    }
+    if (err != FB_ENOTFOUND) {
+        reply_error(gr, 503, "store_unavailable",
+                    "the kept results cannot be read right now");
+        finish(gr);
+        return;
+    }
+    occurrence(gr);
+}
+
+/* Idempotency-Key (IETF httpapi draft): the same key and request replay;
+ * the same key with another request is 422; while the first is in flight,
+ * 409 (or wait for it, if configured). */
+static void idempotent(gw_req *gr)
+{
+    gateway *g = gr->g;
+    if (gone(gr))
+        return;
+    fb_replay_key(gr->iflight, gr->rscope, gr->idem, NULL, -1);
+    if (fb_flight_active(g->replay, gr->iflight) && !g->c->idempotency_wait) {
+        reply_error(gr, 409, "idempotency_key_in_flight",
+                    "a request with this Idempotency-Key is in flight");
+        finish(gr);
+        return;
+    }
+    gr->resume = idempotent;
+    if (!fb_flight_join(g->replay, gr->iflight, gr))
+        return;
+    gr->ileading = 1;
+    fb_ledger_result_lookup(g->ledger, gr->rscope, gr->fp, 0, gr->idem,
+                            fb_wall_ms(), on_idem, gr);
+}
+
+static int header_has(const fb_http_req *h, const char *name, const char *tok)
+{
+    size_t vl;
+    const char *v = fb_http_header_get(h, name, &vl);
+    return v != NULL && memmem(v, vl, tok, strlen(tok)) != NULL;
+}
+
+static void with_key(gw_req *gr)
+{
+    gateway *g = gr->g;
+    const fb_http_req *h = fb_req_head(gr->req);
+    char msg[512];
+    const char *scope = NULL, *why;
+    if (fb_config_tenant(g->c, gr->key.tenant) == NULL) {
+        /* A retired or renamed tenant must not fall back to the global
+         * ceiling alone. */
+        snprintf(msg, sizeof msg,
+                 "this key's tenant '%s' is not in the config", gr->key.tenant);
+        reply_error(gr, 403, "unknown_tenant", msg);
+        finish(gr);
+        return;
+    }
+    if ((why = tripped(gr, 0, &scope)) != NULL) {
+        snprintf(msg, sizeof msg, "%s is tripped: %s", scope, why);
+        refuse(gr, 429, "fuse_tripped", msg, "tripped");
+        return;
+    }
+    char *nb = NULL;
+    size_t nl = 0;
+    const fb_provider_ops *ops = fb_provider_ops_for(gr->pc->kind);
+    fb_refuse r = ops->inspect(gr->pc, g->prices, gr->method, gr->path,
+                               gr->body, gr->body_len, &gr->call, &nb, &nl,
+                               msg, sizeof msg);
+    if (r != FB_REFUSE_NONE) {
+        reply_error(gr, 400,
+                    r == FB_REFUSE_UNKNOWN_PRICE    ? "unknown_price"
+                    : r == FB_REFUSE_UNPRICED_ROUTE ? "unpriced_route"
+                                                    : "invalid_request",
+                    msg);
+        finish(gr);
+        return;
+    }
+    size_t vl;
+    const char *retries = fb_http_header_get(h, "x-stainless-retry-count", &vl);
+    gr->retry = retries != NULL && vl > 0 && !(vl == 1 && retries[0] == '0');
+    gr->replay = g->c->replay_enabled && !gr->call.free_route &&
+                 !header_has(h, "cache-control", "no-store") &&
+                 !header_has(h, "x-fusebox-replay", "off");
+    if (gr->replay) {
+        /* The client's request, before any rewrite of ours. */
+        fb_fingerprint(gr->method, gr->pc->name, gr->path, gr->body,
+                       gr->body_len, g->c->replay_ignore, g->c->nreplay_ignore,
+                       gr->fp);
+        if (gr->key.job[0])
+            snprintf(gr->rscope, sizeof gr->rscope, "job:%s/%s",
+                     gr->key.tenant, gr->key.job);
+        else
+            snprintf(gr->rscope, sizeof gr->rscope, "key:%s", gr->key.id);
+        fb_replay_key(gr->fkey, gr->rscope, "f", gr->fp, 0);
+    }
+    if (nb != NULL) {
+        gr->new_body = nb;
+        gr->body = nb;
+        gr->body_len = nl;
+    }
+    if (!gr->replay) {
+        pay(gr);
+        return;
+    }
+    const char *idem = fb_http_header_get(h, "idempotency-key", &vl);
+    if (idem != NULL && vl > 0) {
+        if (vl > 255) {
+            reply_error(gr, 400, "invalid_request",
+                        "Idempotency-Key is longer than 255 bytes");
+            finish(gr);
+            return;
+        }
+        gr->idem = fb_strndup(idem, vl);
+        FB_ASSERT(gr->idem != NULL);
+        idempotent(gr);
+        return;
+    }
+    occurrence(gr);
 }
 
 /* Remember a key and give its own ceiling, if any, its counters. */
@@ -799,6 +1285,23 @@ static void handle(void *ud, fb_req *req)
 static void on_change(void *arg, const fb_change *c)
 {
     gateway *g = arg;
+    if (strcmp(c->kind, "trip") == 0) {
+        /* subject: "scope\treason" */
+        char scope[256];
+        const char *tab = strchr(c->subject, '\t');
+        size_t sl = tab ? (size_t)(tab - c->subject) : strlen(c->subject);
+        snprintf(scope, sizeof scope, "%.*s", (int)sl, c->subject);
+        if (fb_trip_reason(g->replay, scope) == NULL)
+            fb_log(FB_LOG_WARN, "tripped %s: %s", scope,
+                   tab ? tab + 1 : "by hand");
+        fb_trip_set(g->replay, scope, tab ? tab + 1 : "tripped by hand");
+        return;
+    }
+    if (strcmp(c->kind, "reset") == 0) {
+        fb_trip_clear(g->replay, c->subject);
+        fb_log(FB_LOG_INFO, "reset %s", c->subject);
+        return;
+    }
     if (strcmp(c->kind, "key_revoked") != 0)
         return;
     size_t it = 0;
@@ -851,6 +1354,16 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     fb_server_drain(g->srv);
     struct timeval tv = {0, 20000};
     event_add(g->drain_timer, &tv);
+}
+
+static int load_trip(void *arg, const char *scope, const char *reason,
+                     int64_t ts_ms)
+{
+    (void)ts_ms;
+    fb_trip_set(arg, scope, reason);
+    fb_log(FB_LOG_WARN, "%s is tripped: %s (fusebox reset to clear)", scope,
+           reason);
+    return 0;
 }
 
 /* Seed every configured ceiling from the store. */
@@ -912,8 +1425,12 @@ int fb_gateway_serve(const fb_config *c)
     g.prices = fb_prices_new();
     g.budget = fb_budget_new();
     g.keys = fb_map_new();
+    g.replay = fb_replay_new();
+    g.retry.max_per_fp = c->retry_max_per_fp;
+    g.retry.max_percent = c->retry_max_percent;
+    g.retry.floor = c->retry_floor;
     g.provider_keys = calloc(c->nproviders + 1, sizeof *g.provider_keys);
-    if (!g.prices || !g.budget || !g.keys || !g.provider_keys)
+    if (!g.prices || !g.budget || !g.keys || !g.replay || !g.provider_keys)
         goto out;
     for (size_t i = 0; i < c->nprices; i++) {
         if (fb_prices_load_file(g.prices, c->prices[i], errbuf,
@@ -958,7 +1475,8 @@ int fb_gateway_serve(const fb_config *c)
     }
     if (fb_store_recover(st, &recovered) != FB_OK ||
         fb_store_max_entry_id(st, &g.next_id) != FB_OK ||
-        seed_scopes(&g, st) != 0) {
+        seed_scopes(&g, st) != 0 ||
+        fb_store_trips(st, load_trip, g.replay) != FB_OK) {
         fb_log(FB_LOG_ERROR, "cannot read the ledger in %s", c->data_dir);
         goto out;
     }
@@ -969,6 +1487,7 @@ int fb_gateway_serve(const fb_config *c)
     g.ledger = fb_ledger_start(g.base, st, maint, 250, on_change, &g);
     if (g.ledger == NULL)
         goto out;
+    fb_ledger_set_result_cap(g.ledger, c->replay_max_bytes);
     st = maint = NULL;
 
     fb_upstream_opts uo = {c->upstream_connect_timeout_ms,
@@ -1019,6 +1538,7 @@ out:
     if (g.keys)
         fb_map_free(g.keys, free);
     fb_budget_free(g.budget);
+    fb_replay_free(g.replay);
     fb_prices_free(g.prices);
     if (g.provider_keys)
         for (size_t i = 0; i < c->nproviders; i++)

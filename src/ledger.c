@@ -19,13 +19,22 @@
 
 #include <event2/event.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "budget.h"
 
-enum op_kind { OP_INSERT, OP_SETTLE, OP_KEY_LOOKUP };
+enum op_kind {
+    OP_INSERT,
+    OP_SETTLE,
+    OP_KEY_LOOKUP,
+    OP_COMPLETE,
+    OP_RESULT,
+    OP_COUNT,
+    OP_TRIP
+};
 
 typedef struct op {
     struct op *next;
@@ -36,7 +45,15 @@ typedef struct op {
     union {
         fb_ledger_done_fn done;
         fb_ledger_key_fn key;
+        fb_ledger_result_fn result;
+        fb_ledger_count_fn count;
     } cb;
+    char *scope;       /* OP_COMPLETE, OP_RESULT, OP_TRIP */
+    char *idem;        /* OP_COMPLETE, OP_RESULT */
+    int has_result;
+    fb_result res;     /* kept or found; buffers owned by the op */
+    int64_t expires_ms;
+    int64_t count;
     fb_entry entry; /* strings point into text[] */
     int64_t now_ms;
     uint8_t hash[32];
@@ -65,9 +82,18 @@ struct fb_ledger {
     void *change_arg;
     fb_change *changes; /* for the loop, guarded by mu */
     size_t nchanges;
+    int64_t result_cap; /* guarded by mu */
     fb_change *fetched; /* the thread's own, handed over under mu */
     size_t nfetched, capfetched;
 };
+
+static void op_free(op *o)
+{
+    free(o->scope);
+    free(o->idem);
+    fb_result_clear(&o->res);
+    free(o);
+}
 
 static void enqueue(fb_ledger *l, op *o)
 {
@@ -113,6 +139,10 @@ static op *op_with_entry(const fb_entry *e)
         memcpy(p, e->outcome, outcome_len);
         o->entry.outcome = p;
     }
+    if (e->fp != NULL) { /* the caller's copy may be gone by then */
+        memcpy(o->hash, e->fp, 32);
+        o->entry.fp = o->hash;
+    }
     return o;
 }
 
@@ -137,6 +167,83 @@ void fb_ledger_settle(fb_ledger *l, int64_t id, int status, fb_money cost,
     enqueue(l, o);
 }
 
+static char *dup_or_null(const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    char *d = fb_strndup(s, strlen(s));
+    FB_ASSERT(d != NULL);
+    return d;
+}
+
+void fb_ledger_complete(fb_ledger *l, int64_t id, int status, fb_money cost,
+                        const char *outcome, const char *scope,
+                        const fb_result *keep, const char *idem,
+                        int64_t expires_ms, fb_ledger_done_fn cb, void *arg)
+{
+    fb_entry e = {.id = id, .status = status, .cost = cost, .outcome = outcome};
+    op *o = op_with_entry(&e);
+    FB_ASSERT(o != NULL);
+    o->kind = OP_COMPLETE;
+    o->cb.done = cb;
+    o->arg = arg;
+    if (keep != NULL) {
+        o->has_result = 1;
+        o->res = *keep;
+        o->res.headers = fb_strndup(keep->headers ? keep->headers : "",
+                                    keep->headers_len);
+        o->res.body = malloc(keep->body_len + 1);
+        FB_ASSERT(o->res.headers != NULL && o->res.body != NULL);
+        if (keep->body_len)
+            memcpy(o->res.body, keep->body, keep->body_len);
+        o->scope = dup_or_null(scope);
+        o->idem = dup_or_null(idem);
+        o->expires_ms = expires_ms;
+    }
+    enqueue(l, o);
+}
+
+void fb_ledger_result_lookup(fb_ledger *l, const char *scope,
+                             const uint8_t fp[32], int64_t seq,
+                             const char *idem, int64_t now_ms,
+                             fb_ledger_result_fn cb, void *arg)
+{
+    op *o = calloc(1, sizeof *o);
+    FB_ASSERT(o != NULL);
+    o->kind = OP_RESULT;
+    o->scope = dup_or_null(scope);
+    o->idem = dup_or_null(idem);
+    memcpy(o->hash, fp, 32);
+    o->count = seq;
+    o->now_ms = now_ms;
+    o->cb.result = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+void fb_ledger_occurrences(fb_ledger *l, const fb_entry *who,
+                           fb_ledger_count_fn cb, void *arg)
+{
+    FB_ASSERT(who->fp != NULL);
+    op *o = op_with_entry(who);
+    FB_ASSERT(o != NULL);
+    o->kind = OP_COUNT;
+    o->cb.count = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+void fb_ledger_trip(fb_ledger *l, const char *scope, const char *reason)
+{
+    fb_entry e = {.outcome = reason};
+    op *o = op_with_entry(&e);
+    FB_ASSERT(o != NULL);
+    o->kind = OP_TRIP;
+    o->scope = dup_or_null(scope);
+    o->now_ms = fb_wall_ms();
+    enqueue(l, o);
+}
+
 void fb_ledger_key_lookup(fb_ledger *l, const uint8_t hash[32], int64_t now_ms,
                           fb_ledger_key_fn cb, void *arg)
 {
@@ -148,6 +255,13 @@ void fb_ledger_key_lookup(fb_ledger *l, const uint8_t hash[32], int64_t now_ms,
     o->cb.key = cb;
     o->arg = arg;
     enqueue(l, o);
+}
+
+void fb_ledger_set_result_cap(fb_ledger *l, int64_t max_bytes)
+{
+    pthread_mutex_lock(&l->mu);
+    l->result_cap = max_bytes;
+    pthread_mutex_unlock(&l->mu);
 }
 
 size_t fb_ledger_backlog(fb_ledger *l)
@@ -167,6 +281,42 @@ static void run_op(fb_ledger *l, op *o)
     case OP_SETTLE:
         o->err = fb_store_entry_settle(l->store, o->entry.id, o->entry.status,
                                        o->entry.cost, o->entry.outcome);
+        break;
+    case OP_COMPLETE:
+        o->err = fb_store_entry_settle(l->store, o->entry.id, o->entry.status,
+                                       o->entry.cost, o->entry.outcome);
+        if (o->err == FB_OK && o->has_result) {
+            /* A kept result that loses a race for its seq (or key) is
+             * dropped; the settlement stands. */
+            fb_err e = fb_store_result_put(l->store, o->scope, &o->res,
+                                           o->idem, fb_wall_ms(),
+                                           o->expires_ms);
+            if (e != FB_OK && e != FB_EEXIST)
+                o->err = e;
+        }
+        break;
+    case OP_RESULT:
+        fb_result_clear(&o->res);
+        o->err = o->idem != NULL
+                     ? fb_store_result_by_idem(l->store, o->scope, o->idem,
+                                               o->now_ms, &o->res)
+                     : fb_store_result_get(l->store, o->scope, o->hash,
+                                           o->count, o->now_ms, &o->res);
+        break;
+    case OP_COUNT:
+        o->err = fb_store_occurrences(l->store, o->entry.tenant, o->entry.job,
+                                      o->entry.key_id, o->entry.attempt,
+                                      o->hash, &o->count);
+        break;
+    case OP_TRIP:
+        o->err = fb_store_trip_set(l->store, o->scope, o->entry.outcome,
+                                   o->now_ms);
+        if (o->err == FB_OK) {
+            char subject[256];
+            snprintf(subject, sizeof subject, "%s\t%s", o->scope,
+                     o->entry.outcome);
+            o->err = fb_store_change_add(l->store, "trip", subject);
+        }
         break;
     case OP_KEY_LOOKUP:
         o->err = fb_store_key_by_hash(l->store, o->hash, &o->key);
@@ -232,7 +382,8 @@ static fb_err process(fb_ledger *l, op *batch, int want_changes)
     pthread_mutex_lock(&l->mu);
     for (op *o = batch, *next; o; o = next) {
         next = o->next;
-        if (terr != FB_OK && o->kind == OP_SETTLE && ++o->tries < 5) {
+        if (terr != FB_OK && (o->kind == OP_SETTLE || o->kind == OP_TRIP) &&
+            ++o->tries < 5) {
             o->next = NULL;
             if (rlast)
                 rlast->next = o;
@@ -303,6 +454,7 @@ static void *thread_main(void *arg)
 static void *maint_main(void *arg)
 {
     fb_ledger *l = arg;
+    unsigned rounds = 0;
     pthread_mutex_lock(&l->mu);
     while (!l->stopping) {
         struct timespec ts;
@@ -311,7 +463,13 @@ static void *maint_main(void *arg)
         pthread_cond_timedwait(&l->maint_cv, &l->mu, &ts);
         if (l->stopping)
             break;
+        int64_t cap = l->result_cap;
         pthread_mutex_unlock(&l->mu);
+        /* Expired results go in small slices (writers wait for each), and
+         * the size cap is checked once a minute (it sums every body). */
+        int64_t n = 0, now = fb_wall_ms();
+        (void)fb_store_results_purge(l->maint, now, NULL,
+                                     ++rounds % 60 == 0 ? cap : 0, 200, &n);
         (void)fb_store_checkpoint(l->maint);
         pthread_mutex_lock(&l->mu);
     }
@@ -342,12 +500,36 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     }
     for (op *o = fwd, *next; o; o = next) {
         next = o->next;
-        if (o->kind == OP_INSERT && o->cb.done)
-            o->cb.done(o->arg, o->err);
-        else if (o->kind == OP_KEY_LOOKUP)
+        switch (o->kind) {
+        case OP_INSERT:
+            if (o->cb.done)
+                o->cb.done(o->arg, o->err);
+            break;
+        case OP_COMPLETE:
+            if (o->err != FB_OK) {
+                /* The settlement must still land: queue it again (the
+                 * result is not kept; the caller was told). */
+                fb_ledger_settle(l, o->entry.id, o->entry.status,
+                                 o->entry.cost, o->entry.outcome);
+            }
+            if (o->cb.done)
+                o->cb.done(o->arg, o->err);
+            break;
+        case OP_KEY_LOOKUP:
             o->cb.key(o->arg, o->err, o->err == FB_OK ? &o->key : NULL,
                       o->spent);
-        free(o);
+            break;
+        case OP_RESULT:
+            o->cb.result(o->arg, o->err, o->err == FB_OK ? &o->res : NULL);
+            break;
+        case OP_COUNT:
+            o->cb.count(o->arg, o->err, o->count);
+            break;
+        case OP_SETTLE:
+        case OP_TRIP:
+            break;
+        }
+        op_free(o);
     }
     for (size_t i = 0; i < nchanges; i++)
         l->on_change(l->change_arg, &changes[i]);

@@ -23,6 +23,9 @@ typedef void (*fb_ledger_change_fn)(void *arg, const fb_change *c);
 fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
                            fb_store *maint, int poll_ms,
                            fb_ledger_change_fn on_change, void *arg);
+/* Maintenance also deletes expired kept results, and the oldest while
+ * their bodies exceed max_bytes (0: no cap). */
+void fb_ledger_set_result_cap(fb_ledger *l, int64_t max_bytes);
 /* Run what is queued, stop the thread, close the store. Callbacks of ops
  * still queued run before it returns, from within this call. */
 void fb_ledger_stop(fb_ledger *l);
@@ -43,6 +46,32 @@ typedef void (*fb_ledger_key_fn)(void *arg, fb_err err, const fb_key_rec *k,
                                  fb_money window_spent);
 void fb_ledger_key_lookup(fb_ledger *l, const uint8_t hash[32], int64_t now_ms,
                           fb_ledger_key_fn cb, void *arg);
+
+/* Settle a call and, when keep is not NULL, keep its result under scope
+ * (keep is copied; idem may be NULL) in the same transaction. cb (may be
+ * NULL) runs once that is durable: err FB_OK, or a store error (then the
+ * settlement is retried, the result is not kept). */
+void fb_ledger_complete(fb_ledger *l, int64_t id, int status, fb_money cost,
+                        const char *outcome, const char *scope,
+                        const fb_result *keep, const char *idem,
+                        int64_t expires_ms, fb_ledger_done_fn cb, void *arg);
+
+/* Find a kept result: by idem when not NULL, else (scope, fp, seq),
+ * unexpired at now_ms. cb gets FB_OK and the result, whose body and
+ * headers it may take (set them to NULL); FB_ENOTFOUND; or an error. */
+typedef void (*fb_ledger_result_fn)(void *arg, fb_err err, fb_result *r);
+void fb_ledger_result_lookup(fb_ledger *l, const char *scope,
+                             const uint8_t fp[32], int64_t seq,
+                             const char *idem, int64_t now_ms,
+                             fb_ledger_result_fn cb, void *arg);
+
+/* How many times this (tenant, job, key, attempt) sent fp before. */
+typedef void (*fb_ledger_count_fn)(void *arg, fb_err err, int64_t n);
+void fb_ledger_occurrences(fb_ledger *l, const fb_entry *who,
+                           fb_ledger_count_fn cb, void *arg);
+
+/* Record that scope tripped (fire and forget; in the change feed too). */
+void fb_ledger_trip(fb_ledger *l, const char *scope, const char *reason);
 
 /* Operations waiting or running; for tests and /metrics. */
 size_t fb_ledger_backlog(fb_ledger *l);

@@ -19,6 +19,8 @@ static void usage(FILE *f)
             "  fusebox key create --tenant T [--job J] [--budget USD[/period]]\n"
             "  fusebox key list | key revoke ID\n"
             "  fusebox spend [--tenant T] [--job J] [--since T] [--json]\n"
+            "  fusebox trip|reset --job J | --tenant T | --key ID | --global\n"
+            "  fusebox replay purge [--job J | --tenant T | --key ID | --all]\n"
             "  fusebox fake-provider [--listen HOST:PORT]  a fake paid API "
             "for tests\n"
             "  fusebox version | help\n\n"
@@ -66,6 +68,12 @@ int main(int argc, char **argv)
         return fb_cli_key(argc - 1, argv + 1);
     if (strcmp(cmd, "spend") == 0)
         return fb_cli_spend(argc - 1, argv + 1);
+    if (strcmp(cmd, "trip") == 0)
+        return fb_cli_trip(argc - 1, argv + 1, 1);
+    if (strcmp(cmd, "reset") == 0)
+        return fb_cli_trip(argc - 1, argv + 1, 0);
+    if (strcmp(cmd, "replay") == 0)
+        return fb_cli_replay(argc - 1, argv + 1);
     if (strcmp(cmd, "fake-provider") == 0)
         return fb_fake_main(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

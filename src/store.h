@@ -35,6 +35,7 @@ typedef enum fb_entry_state {
     FB_ENTRY_RESERVED = 0, /* durable before the upstream call */
     FB_ENTRY_SETTLED = 1,  /* final cost known (or charged in full) */
     FB_ENTRY_BLOCKED = 2,  /* refused before any upstream call */
+    FB_ENTRY_REPLAYED = 3, /* answered from a kept result: cost 0 */
 } fb_entry_state;
 
 /* One ledger row. Strings are borrowed for the duration of the call. */
@@ -52,7 +53,30 @@ typedef struct fb_entry {
     fb_money cost;
     fb_entry_state state;
     const char *outcome; /* "ok", "budget_exceeded:job:x", ... */
+    const uint8_t *fp;   /* the request's fingerprint, or NULL */
+    int64_t attempt;     /* the key's attempt (0: none) */
+    fb_money saved;      /* replays: what the kept result cost */
+    int retry;           /* the client said this call is a retry */
 } fb_entry;
+
+/* A kept result: what a client received for a paid call, to be handed
+ * back for the same request. */
+typedef struct fb_result {
+    int64_t id;
+    int status;
+    int stream;    /* body is SSE event bytes */
+    char *headers; /* "Name: value\r\n" lines; malloc'd when read */
+    size_t headers_len;
+    char *body;    /* malloc'd when read */
+    size_t body_len;
+    fb_money cost; /* what it cost when bought */
+    int64_t seq;   /* the k-th result for this fingerprint in its scope */
+    int64_t attempt;
+    uint8_t fp[32];
+} fb_result;
+
+/* Frees what a read put in r. */
+void fb_result_clear(fb_result *r);
 
 /* Which rows a spend query sums; NULL fields match anything. */
 typedef struct fb_spend_filter {
@@ -68,13 +92,15 @@ typedef struct fb_spend {
     fb_money reserved; /* the in-flight part of spent */
     int64_t paid_calls;
     int64_t blocked_calls;
+    int64_t replayed_calls;
+    fb_money saved;    /* what the replays would have cost */
     int64_t calls;
 } fb_spend;
 
 typedef struct fb_change {
     int64_t seq;
     char kind[32];     /* "key_revoked", "key_created", ... */
-    char subject[128];
+    char subject[256];
 } fb_change;
 
 /* Open (creating and migrating) the store for this config: SQLite under
@@ -122,6 +148,46 @@ fb_err fb_store_scopes(fb_store *s,
  * main database file without blocking writers (SQLite: a PASSIVE WAL
  * checkpoint; the only fsync of the "process" durability mode). */
 fb_err fb_store_checkpoint(fb_store *s);
+
+/* ---- kept results (replay) ----
+ * scope is "job:T/J" for a key with a job, else "key:ID": results never
+ * cross it. */
+
+/* The result seq for fp in scope, unexpired at now_ms: FB_ENOTFOUND. */
+fb_err fb_store_result_get(fb_store *s, const char *scope,
+                           const uint8_t fp[32], int64_t seq, int64_t now_ms,
+                           fb_result *out);
+/* The result kept under an Idempotency-Key in scope: FB_ENOTFOUND. */
+fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
+                               const char *idem, int64_t now_ms,
+                               fb_result *out);
+/* Keep r (r->id is ignored). idem may be NULL. FB_EEXIST if that seq or
+ * key is taken. */
+fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
+                           const char *idem, int64_t now_ms,
+                           int64_t expires_ms);
+/* Delete results expired at now_ms, at most limit of them (0: no limit),
+ * or, with scope_prefix, every result whose scope starts with it; then,
+ * while the kept bodies exceed max_bytes (0: no cap), the oldest. *n gets
+ * the count deleted. */
+fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
+                              const char *scope_prefix, int64_t max_bytes,
+                              int64_t limit, int64_t *n);
+/* Ledger rows (paid, in flight or replayed) of (tenant, job, attempt, fp):
+ * how many times this attempt already sent this request. */
+fb_err fb_store_occurrences(fb_store *s, const char *tenant, const char *job,
+                            const char *key_id, int64_t attempt,
+                            const uint8_t fp[32], int64_t *n);
+
+/* ---- trips: fuses blown by hand or by a spent retry budget ---- */
+fb_err fb_store_trip_set(fb_store *s, const char *scope, const char *reason,
+                         int64_t now_ms);
+/* FB_ENOTFOUND if the scope was not tripped. */
+fb_err fb_store_trip_clear(fb_store *s, const char *scope);
+fb_err fb_store_trips(fb_store *s,
+                      int (*fn)(void *arg, const char *scope,
+                                const char *reason, int64_t ts_ms),
+                      void *arg);
 
 fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject);
 /* Changes with seq > after, in order; fn may stop early by returning != 0. */

@@ -30,6 +30,10 @@ enum {
     ST_SPEND,
     ST_CHANGE_ADD,
     ST_CHANGES,
+    ST_RESULT_GET,
+    ST_RESULT_IDEM,
+    ST_RESULT_PUT,
+    ST_OCCURRENCES,
     ST__COUNT
 };
 
@@ -52,20 +56,32 @@ static const char *const stmt_sql[ST__COUNT] = {
                     "ORDER BY created_ms, id",
     [ST_ENTRY_INSERT] =
         "INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,model,path,"
-        "status,reserved,cost,state,outcome) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "status,reserved,cost,state,outcome,fp,attempt,saved,retry) "
+        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     [ST_ENTRY_SETTLE] = "UPDATE ledger SET status=?,cost=?,state=1,outcome=? "
                         "WHERE id=? AND state=0",
     [ST_SPEND] =
         "SELECT COALESCE(SUM(CASE state WHEN 0 THEN reserved ELSE cost END),0),"
         " COALESCE(SUM(CASE state WHEN 0 THEN reserved ELSE 0 END),0),"
         " COUNT(CASE WHEN state=1 AND cost>0 THEN 1 END),"
-        " COUNT(CASE WHEN state=2 THEN 1 END), COUNT(*)"
+        " COUNT(CASE WHEN state=2 THEN 1 END), COUNT(*),"
+        " COUNT(CASE WHEN state=3 THEN 1 END), COALESCE(SUM(saved),0)"
         " FROM ledger WHERE ts_ms>=?1 AND (?2=0 OR ts_ms<?2)"
         " AND (?3 IS NULL OR tenant=?3) AND (?4 IS NULL OR job=?4)"
         " AND (?5 IS NULL OR key_id=?5)",
     [ST_CHANGE_ADD] = "INSERT INTO changes(kind,subject) VALUES(?,?)",
     [ST_CHANGES] = "SELECT seq,kind,subject FROM changes WHERE seq>? "
                    "ORDER BY seq",
+#define RESULT_COLS "id,status,stream,headers,body,cost,seq,attempt,fp"
+    [ST_RESULT_GET] = "SELECT " RESULT_COLS " FROM results WHERE scope=? AND "
+                      "fp=? AND seq=? AND expires_ms>?",
+    [ST_RESULT_IDEM] = "SELECT " RESULT_COLS " FROM results WHERE scope=? "
+                       "AND idem=? AND expires_ms>?",
+    [ST_RESULT_PUT] =
+        "INSERT INTO results(scope,fp,seq,idem,attempt,status,stream,headers,"
+        "body,cost,created_ms,expires_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+    [ST_OCCURRENCES] = "SELECT COUNT(*) FROM ledger WHERE tenant=? AND job=? "
+                       "AND key_id=? AND attempt=? AND fp=? AND state<>2",
 };
 
 /* Version 1 of the schema. Money columns are integer picodollars. */
@@ -90,6 +106,32 @@ static const char schema_v1[] =
     " seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,"
     " subject TEXT NOT NULL);"
     "PRAGMA user_version=1;";
+
+/* Version 2: replay. The fingerprint, attempt, retry flag and saved amount
+ * of each call; kept results; trips. */
+static const char schema_v2[] =
+    "ALTER TABLE ledger ADD COLUMN fp BLOB;"
+    "ALTER TABLE ledger ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE ledger ADD COLUMN retry INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE ledger ADD COLUMN saved INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX IF NOT EXISTS ledger_fp ON ledger(tenant, job, key_id, fp)"
+    " WHERE fp IS NOT NULL;"
+    "CREATE TABLE IF NOT EXISTS results("
+    " id INTEGER PRIMARY KEY, scope TEXT NOT NULL, fp BLOB NOT NULL,"
+    " seq INTEGER NOT NULL, idem TEXT, attempt INTEGER NOT NULL,"
+    " status INTEGER NOT NULL, stream INTEGER NOT NULL,"
+    " headers BLOB NOT NULL, body BLOB NOT NULL, cost INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+    " UNIQUE(scope, fp, seq));"
+    "CREATE UNIQUE INDEX IF NOT EXISTS results_idem ON results(scope, idem)"
+    " WHERE idem IS NOT NULL;"
+    "CREATE INDEX IF NOT EXISTS results_expiry ON results(expires_ms);"
+    "CREATE TABLE IF NOT EXISTS trips("
+    " scope TEXT PRIMARY KEY, reason TEXT NOT NULL, ts_ms INTEGER NOT NULL);"
+    "PRAGMA user_version=2;";
+
+#define SCHEMA_VERSION 2
+static const char *const migrations[SCHEMA_VERSION] = {schema_v1, schema_v2};
 
 struct fb_store {
     sqlite3 *db;
@@ -143,6 +185,16 @@ static int mkdir_p(const char *dir)
     return 0;
 }
 
+static int read_version(sqlite3 *db, int *version)
+{
+    sqlite3_stmt *v = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &v, NULL);
+    if (rc == SQLITE_OK && sqlite3_step(v) == SQLITE_ROW)
+        *version = sqlite3_column_int(v, 0);
+    sqlite3_finalize(v);
+    return rc;
+}
+
 fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
                      size_t errcap)
 {
@@ -182,30 +234,37 @@ fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
                               : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;";
     if (sqlite3_exec(s->db, pragmas, NULL, NULL, &msg) != SQLITE_OK)
         goto sqlfail;
-    {
-        sqlite3_stmt *v = NULL;
-        if (sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &v, NULL) !=
-            SQLITE_OK)
-            goto sqlfail_db;
-        if (sqlite3_step(v) == SQLITE_ROW)
-            version = sqlite3_column_int(v, 0);
-        sqlite3_finalize(v);
-    }
-    if (version > 1) {
+    if (read_version(s->db, &version) != SQLITE_OK)
+        goto sqlfail_db;
+    if (version > SCHEMA_VERSION) {
         snprintf(errbuf, errcap,
-                 "%s has schema version %d, newer than this fusebox knows (1)",
-                 path, version);
+                 "%s has schema version %d, newer than this fusebox knows (%d)",
+                 path, version, SCHEMA_VERSION);
         goto out;
     }
-    if (version < 1 &&
-        sqlite3_exec(s->db, "BEGIN IMMEDIATE;", NULL, NULL, &msg) == SQLITE_OK) {
-        if (sqlite3_exec(s->db, schema_v1, NULL, NULL, &msg) != SQLITE_OK ||
-            sqlite3_exec(s->db, "COMMIT;", NULL, NULL, &msg) != SQLITE_OK) {
+    /* Each step in its own transaction, the version read again under the
+     * write lock (another process may have migrated meanwhile); a crash
+     * mid-way leaves a version that the next start migrates from. */
+    while (version < SCHEMA_VERSION) {
+        if (sqlite3_exec(s->db, "BEGIN IMMEDIATE;", NULL, NULL, &msg) !=
+            SQLITE_OK)
+            goto sqlfail;
+        if (read_version(s->db, &version) != SQLITE_OK) {
+            sqlite3_exec(s->db, "ROLLBACK;", NULL, NULL, NULL);
+            goto sqlfail_db;
+        }
+        if (version < SCHEMA_VERSION &&
+            sqlite3_exec(s->db, migrations[version], NULL, NULL, &msg) !=
+                SQLITE_OK) {
             sqlite3_exec(s->db, "ROLLBACK;", NULL, NULL, NULL);
             goto sqlfail;
         }
-    } else if (msg != NULL) {
-        goto sqlfail;
+        if (sqlite3_exec(s->db, "COMMIT;", NULL, NULL, &msg) != SQLITE_OK) {
+            sqlite3_exec(s->db, "ROLLBACK;", NULL, NULL, NULL);
+            goto sqlfail;
+        }
+        if (read_version(s->db, &version) != SQLITE_OK)
+            goto sqlfail_db;
     }
     for (int i = 0; i < ST__COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1,
@@ -386,6 +445,11 @@ fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e)
     sqlite3_bind_int64(st, 11, e->cost);
     sqlite3_bind_int(st, 12, (int)e->state);
     sqlite3_bind_text(st, 13, e->outcome, -1, SQLITE_STATIC);
+    if (e->fp != NULL)
+        sqlite3_bind_blob(st, 14, e->fp, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 15, e->attempt);
+    sqlite3_bind_int64(st, 16, e->saved);
+    sqlite3_bind_int(st, 17, e->retry);
     return step_done(st);
 }
 
@@ -455,6 +519,8 @@ fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out)
         out->paid_calls = sqlite3_column_int64(st, 2);
         out->blocked_calls = sqlite3_column_int64(st, 3);
         out->calls = sqlite3_column_int64(st, 4);
+        out->replayed_calls = sqlite3_column_int64(st, 5);
+        out->saved = sqlite3_column_int64(st, 6);
         err = FB_OK;
     } else {
         err = sqlite_err(rc == SQLITE_DONE ? SQLITE_ERROR : rc);
@@ -548,6 +614,226 @@ fb_err fb_store_last_change(fb_store *s, int64_t *seq)
         *seq = sqlite3_column_int64(st, 0);
         err = FB_OK;
     }
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* ---- kept results ---- */
+
+void fb_result_clear(fb_result *r)
+{
+    free(r->headers);
+    free(r->body);
+    r->headers = r->body = NULL;
+    r->headers_len = r->body_len = 0;
+}
+
+static fb_err read_result(sqlite3_stmt *st, fb_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->id = sqlite3_column_int64(st, 0);
+    r->status = sqlite3_column_int(st, 1);
+    r->stream = sqlite3_column_int(st, 2);
+    const void *h = sqlite3_column_blob(st, 3);
+    r->headers_len = (size_t)sqlite3_column_bytes(st, 3);
+    const void *b = sqlite3_column_blob(st, 4);
+    r->body_len = (size_t)sqlite3_column_bytes(st, 4);
+    r->cost = sqlite3_column_int64(st, 5);
+    r->seq = sqlite3_column_int64(st, 6);
+    r->attempt = sqlite3_column_int64(st, 7);
+    if (sqlite3_column_bytes(st, 8) == 32)
+        memcpy(r->fp, sqlite3_column_blob(st, 8), 32);
+    r->headers = fb_strndup(h ? h : "", r->headers_len);
+    r->body = malloc(r->body_len + 1);
+    if (r->headers == NULL || r->body == NULL) {
+        fb_result_clear(r);
+        return FB_ENOMEM;
+    }
+    if (r->body_len)
+        memcpy(r->body, b, r->body_len);
+    r->body[r->body_len] = '\0';
+    return FB_OK;
+}
+
+static fb_err one_result(sqlite3_stmt *st, fb_result *out)
+{
+    int rc = sqlite3_step(st);
+    fb_err err = rc == SQLITE_ROW    ? read_result(st, out)
+                 : rc == SQLITE_DONE ? FB_ENOTFOUND
+                                     : sqlite_err(rc);
+    sqlite3_reset(st);
+    return err;
+}
+
+fb_err fb_store_result_get(fb_store *s, const char *scope,
+                           const uint8_t fp[32], int64_t seq, int64_t now_ms,
+                           fb_result *out)
+{
+    sqlite3_stmt *st = stmt(s, ST_RESULT_GET);
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, fp, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, seq);
+    sqlite3_bind_int64(st, 4, now_ms);
+    return one_result(st, out);
+}
+
+fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
+                               const char *idem, int64_t now_ms,
+                               fb_result *out)
+{
+    sqlite3_stmt *st = stmt(s, ST_RESULT_IDEM);
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, idem, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms);
+    return one_result(st, out);
+}
+
+fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
+                           const char *idem, int64_t now_ms,
+                           int64_t expires_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_RESULT_PUT);
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, r->fp, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, r->seq);
+    if (idem != NULL)
+        sqlite3_bind_text(st, 4, idem, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, r->attempt);
+    sqlite3_bind_int(st, 6, r->status);
+    sqlite3_bind_int(st, 7, r->stream);
+    sqlite3_bind_blob(st, 8, r->headers ? r->headers : "",
+                      (int)r->headers_len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 9, r->body ? r->body : "", (int)r->body_len,
+                      SQLITE_STATIC);
+    sqlite3_bind_int64(st, 10, r->cost);
+    sqlite3_bind_int64(st, 11, now_ms);
+    sqlite3_bind_int64(st, 12, expires_ms);
+    return step_done(st);
+}
+
+fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
+                              const char *scope_prefix, int64_t max_bytes,
+                              int64_t limit, int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    *n = 0;
+    const char *sql =
+        scope_prefix
+            ? "DELETE FROM results WHERE substr(scope,1,length(?1))=?1"
+            : "DELETE FROM results WHERE id IN (SELECT id FROM results "
+              "WHERE expires_ms<=?2 ORDER BY expires_ms LIMIT ?3)";
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    if (scope_prefix)
+        sqlite3_bind_text(st, 1, scope_prefix, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms);
+    sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto out;
+    *n = sqlite3_changes(s->db);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (max_bytes > 0) {
+        /* Over the size cap: the oldest go, in slices. */
+        if (sqlite3_prepare_v2(
+                s->db,
+                "DELETE FROM results WHERE id IN (SELECT id FROM results "
+                "ORDER BY id LIMIT 256) AND (SELECT SUM(length(body)) "
+                "FROM results) > ?1",
+                -1, &st, NULL) != SQLITE_OK)
+            goto out;
+        for (int round = 0; round < 64; round++) {
+            sqlite3_bind_int64(st, 1, max_bytes);
+            if (sqlite3_step(st) != SQLITE_DONE)
+                goto out;
+            int ch = sqlite3_changes(s->db);
+            sqlite3_reset(st);
+            *n += ch;
+            if (ch == 0)
+                break;
+        }
+    }
+    err = FB_OK;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_occurrences(fb_store *s, const char *tenant, const char *job,
+                            const char *key_id, int64_t attempt,
+                            const uint8_t fp[32], int64_t *n)
+{
+    sqlite3_stmt *st = stmt(s, ST_OCCURRENCES);
+    fb_err err;
+    sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, job ? job : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, key_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, attempt);
+    sqlite3_bind_blob(st, 5, fp, 32, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    *n = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    err = rc == SQLITE_ROW ? FB_OK : sqlite_err(rc);
+    sqlite3_reset(st);
+    return err;
+}
+
+/* ---- trips ---- */
+
+fb_err fb_store_trip_set(fb_store *s, const char *scope, const char *reason,
+                         int64_t now_ms)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO trips(scope,reason,ts_ms) VALUES(?,?,?)"
+                           " ON CONFLICT(scope) DO UPDATE SET reason=excluded."
+                           "reason, ts_ms=excluded.ts_ms",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms);
+    err = sqlite3_step(st) == SQLITE_DONE ? FB_OK : FB_EIO;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_trip_clear(fb_store *s, const char *scope)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM trips WHERE scope=?", -1, &st,
+                           NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_DONE)
+        err = sqlite3_changes(s->db) > 0 ? FB_OK : FB_ENOTFOUND;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_trips(fb_store *s,
+                      int (*fn)(void *arg, const char *scope,
+                                const char *reason, int64_t ts_ms),
+                      void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int rc;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT scope, reason, ts_ms FROM trips ORDER BY scope",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+               (const char *)sqlite3_column_text(st, 1),
+               sqlite3_column_int64(st, 2)) != 0)
+            break;
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
 out:
     sqlite3_finalize(st);
     return err;

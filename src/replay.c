@@ -1,0 +1,294 @@
+/* replay.c - fingerprints, single flight, occurrence counters, retry
+ * budgets and trips: the in-memory half of replay, all on the loop.
+ *
+ * NOTES ON THE K-TH IDENTICAL CALL
+ *  1. Results are kept per (scope, fingerprint, seq). Attempt N's k-th
+ *     occurrence of a fingerprint is answered with result seq k if an
+ *     earlier attempt bought it; otherwise it is bought and kept as seq k.
+ *  2. Occurrences are counted per (scope, attempt, fingerprint): the base
+ *     comes from the ledger (calls this attempt already made, as after a
+ *     restart), then the loop counts; callers that arrive while the base
+ *     loads wait in order, so concurrent identical calls get distinct k.
+ *  3. Single flight is per (scope, fingerprint, seq): calls that would be
+ *     answered by the same result share one upstream call. */
+#include "replay.h"
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "map.h"
+
+typedef struct waitq {
+    void **w;
+    size_t n, cap;
+} waitq;
+
+typedef struct occ {
+    int loaded;
+    int64_t next;
+    waitq q;
+} occ;
+
+typedef struct day_count {
+    int64_t day;
+    int64_t calls, retries;
+} day_count;
+
+struct fb_replay {
+    fb_map *flights;  /* key -> waitq* */
+    fb_map *occs;     /* key -> occ* */
+    fb_map *failures; /* key -> (intptr_t) count */
+    fb_map *jobs;     /* scope -> day_count* */
+    fb_map *trips;    /* scope -> reason (char*) */
+};
+
+static void sha256_parts(uint8_t out[32], const void *const *parts,
+                         const size_t *lens, size_t n)
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned int ol = 32;
+    FB_ASSERT(c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1);
+    for (size_t i = 0; i < n; i++) {
+        FB_ASSERT(EVP_DigestUpdate(c, parts[i], lens[i]) == 1);
+        FB_ASSERT(EVP_DigestUpdate(c, "", 1) == 1); /* separator */
+    }
+    FB_ASSERT(EVP_DigestFinal_ex(c, out, &ol) == 1);
+    EVP_MD_CTX_free(c);
+}
+
+void fb_fingerprint(const char *method, const char *provider,
+                    const char *path, const char *body, size_t len,
+                    char *const *ignore, size_t nignore, uint8_t fp[32])
+{
+    char *canon = NULL;
+    json_t *root = len > 0 ? json_loadb(body, len, JSON_REJECT_DUPLICATES,
+                                        NULL)
+                           : NULL;
+    if (root != NULL) {
+        if (json_is_object(root))
+            for (size_t i = 0; i < nignore; i++)
+                json_object_del(root, ignore[i]);
+        canon = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT |
+                                     JSON_ENCODE_ANY);
+        json_decref(root);
+    }
+    const void *parts[5] = {"fusebox-fp-1", method, provider, path,
+                            canon ? canon : body};
+    size_t lens[5] = {12, strlen(method), strlen(provider), strlen(path),
+                      canon ? strlen(canon) : len};
+    sha256_parts(fp, parts, lens, 5);
+    free(canon);
+}
+
+void fb_replay_key(uint8_t out[32], const char *a, const char *b,
+                   const uint8_t *fp, int64_t n)
+{
+    const void *parts[4] = {a ? a : "", b ? b : "", fp ? (const void *)fp : "",
+                            &n};
+    size_t lens[4] = {a ? strlen(a) : 0, b ? strlen(b) : 0, fp ? 32u : 0,
+                      sizeof n};
+    sha256_parts(out, parts, lens, 4);
+}
+
+fb_replay *fb_replay_new(void)
+{
+    fb_replay *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    r->flights = fb_map_new();
+    r->occs = fb_map_new();
+    r->failures = fb_map_new();
+    r->jobs = fb_map_new();
+    r->trips = fb_map_new();
+    if (!r->flights || !r->occs || !r->failures || !r->jobs || !r->trips) {
+        fb_replay_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void waitq_free(void *p)
+{
+    waitq *q = p;
+    free(q->w);
+    free(q);
+}
+
+static void occ_free(void *p)
+{
+    occ *o = p;
+    free(o->q.w);
+    free(o);
+}
+
+void fb_replay_free(fb_replay *r)
+{
+    if (r == NULL)
+        return;
+    fb_map_free(r->flights, waitq_free);
+    fb_map_free(r->occs, occ_free);
+    fb_map_free(r->failures, NULL);
+    fb_map_free(r->jobs, free);
+    fb_map_free(r->trips, free);
+    free(r);
+}
+
+static void push(waitq *q, void *w)
+{
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 4;
+        void **nw = realloc(q->w, cap * sizeof *nw);
+        FB_ASSERT(nw != NULL);
+        q->w = nw;
+        q->cap = cap;
+    }
+    q->w[q->n++] = w;
+}
+
+int fb_flight_join(fb_replay *r, const uint8_t key[32], void *waiter)
+{
+    waitq *q = fb_map_get(r->flights, (const char *)key, 32);
+    if (q != NULL) {
+        push(q, waiter);
+        return 0;
+    }
+    q = calloc(1, sizeof *q);
+    FB_ASSERT(q != NULL);
+    FB_ASSERT(fb_map_put(r->flights, (const char *)key, 32, q, NULL) == FB_OK);
+    return 1;
+}
+
+void **fb_flight_end(fb_replay *r, const uint8_t key[32], size_t *n)
+{
+    waitq *q = fb_map_del(r->flights, (const char *)key, 32);
+    void **w = NULL;
+    *n = 0;
+    if (q != NULL) {
+        w = q->w;
+        *n = q->n;
+        free(q);
+    }
+    return w;
+}
+
+int fb_flight_active(fb_replay *r, const uint8_t key[32])
+{
+    return fb_map_get(r->flights, (const char *)key, 32) != NULL;
+}
+
+int fb_occ_next(fb_replay *r, const uint8_t key[32], void *waiter,
+                int *loading, int64_t *k)
+{
+    occ *o = fb_map_get(r->occs, (const char *)key, 32);
+    *loading = 0;
+    if (o != NULL && o->loaded) {
+        *k = ++o->next;
+        return 1;
+    }
+    if (o == NULL) {
+        /* Bound the memory: counters without waiters can be forgotten (a
+         * later call reloads its base from the ledger). */
+        if (fb_map_count(r->occs) >= 1000000) {
+            size_t it = 0;
+            const char *kk;
+            size_t kl;
+            void *v;
+            while (fb_map_next(r->occs, &it, &kk, &kl, &v)) {
+                occ *x = v;
+                if (x->loaded && x->q.n == 0) {
+                    occ_free(fb_map_del(r->occs, kk, kl));
+                    it = 0;
+                    if (fb_map_count(r->occs) < 500000)
+                        break;
+                }
+            }
+        }
+        o = calloc(1, sizeof *o);
+        FB_ASSERT(o != NULL);
+        FB_ASSERT(fb_map_put(r->occs, (const char *)key, 32, o, NULL) == FB_OK);
+        *loading = 1; /* this caller starts the load */
+    }
+    push(&o->q, waiter);
+    return 0;
+}
+
+void **fb_occ_loaded(fb_replay *r, const uint8_t key[32], int64_t base,
+                     size_t *n)
+{
+    occ *o = fb_map_get(r->occs, (const char *)key, 32);
+    void **w;
+    FB_ASSERT(o != NULL && !o->loaded);
+    o->loaded = 1;
+    o->next = base;
+    w = o->q.w;
+    *n = o->q.n;
+    memset(&o->q, 0, sizeof o->q);
+    return w;
+}
+
+int fb_retry_failures(fb_replay *r, const uint8_t key[32])
+{
+    return (int)(intptr_t)fb_map_get(r->failures, (const char *)key, 32);
+}
+
+void fb_retry_outcome(fb_replay *r, const uint8_t key[32], int transient)
+{
+    intptr_t n = (intptr_t)fb_map_get(r->failures, (const char *)key, 32);
+    if (!transient) {
+        if (n)
+            fb_map_del(r->failures, (const char *)key, 32);
+        return;
+    }
+    FB_ASSERT(fb_map_put(r->failures, (const char *)key, 32, (void *)(n + 1),
+                         NULL) == FB_OK);
+}
+
+int fb_retry_count_call(fb_replay *r, const char *scope, int retry,
+                        int64_t now_ms, const fb_retry_limits *lim)
+{
+    int64_t day = now_ms / 86400000;
+    day_count *d = fb_map_get(r->jobs, scope, strlen(scope));
+    if (d == NULL) {
+        d = calloc(1, sizeof *d);
+        FB_ASSERT(d != NULL);
+        FB_ASSERT(fb_map_put(r->jobs, scope, strlen(scope), d, NULL) == FB_OK);
+    }
+    if (d->day != day) {
+        d->day = day;
+        d->calls = d->retries = 0;
+    }
+    d->calls++;
+    if (retry)
+        d->retries++;
+    int64_t allowed = d->calls * lim->max_percent / 100;
+    if (allowed < lim->floor)
+        allowed = lim->floor;
+    return d->retries > allowed;
+}
+
+void fb_trip_set(fb_replay *r, const char *scope, const char *reason)
+{
+    char *copy = fb_strndup(reason, strlen(reason));
+    void *old = NULL;
+    FB_ASSERT(copy != NULL);
+    FB_ASSERT(fb_map_put(r->trips, scope, strlen(scope), copy, &old) == FB_OK);
+    free(old);
+}
+
+void fb_trip_clear(fb_replay *r, const char *scope)
+{
+    free(fb_map_del(r->trips, scope, strlen(scope)));
+    /* A reset gives the job a fresh retry budget: its day's counts, and
+     * (keyed by hash, so all of them) the per-fingerprint failures. */
+    free(fb_map_del(r->jobs, scope, strlen(scope)));
+    fb_map_free(r->failures, NULL);
+    r->failures = fb_map_new();
+    FB_ASSERT(r->failures != NULL);
+}
+
+const char *fb_trip_reason(fb_replay *r, const char *scope)
+{
+    return fb_map_get(r->trips, scope, strlen(scope));
+}
