@@ -142,7 +142,7 @@ typedef struct key_wait {
     fb_key_rec k;
     fb_money spent;
     int changes;
-    char subject[128];
+    char subject[256];
 } key_wait;
 
 static void on_key(void *arg, fb_err err, const fb_key_rec *k, fb_money spent)
