@@ -65,7 +65,8 @@ static const char *const stmt_sql[ST__COUNT] = {
         " COALESCE(SUM(CASE state WHEN 0 THEN reserved ELSE 0 END),0),"
         " COUNT(CASE WHEN state=1 AND cost>0 THEN 1 END),"
         " COUNT(CASE WHEN state=2 THEN 1 END), COUNT(*),"
-        " COUNT(CASE WHEN state=3 THEN 1 END), COALESCE(SUM(saved),0)"
+        " COUNT(CASE WHEN state=3 THEN 1 END),"
+        " COALESCE(SUM(CASE state WHEN 3 THEN saved ELSE 0 END),0)"
         " FROM ledger WHERE ts_ms>=?1 AND (?2=0 OR ts_ms<?2)"
         " AND (?3 IS NULL OR tenant=?3) AND (?4 IS NULL OR job=?4)"
         " AND (?5 IS NULL OR key_id=?5)",

@@ -212,11 +212,83 @@ static void test_keys_and_change_feed(void **state)
     event_base_free(base);
 }
 
+static void test_results_and_trips(void **state)
+{
+    (void)state;
+    fb_store *s = open_store();
+    uint8_t fp[32] = {1, 2, 3};
+    fb_result r = {.status = 200, .stream = 1, .headers = "A: b\r\n",
+                   .headers_len = 6, .body = "data: x\n\n", .body_len = 9,
+                   .cost = 123, .seq = 1, .attempt = 1};
+    fb_result got;
+    memcpy(r.fp, fp, 32);
+    assert_int_equal(fb_store_result_put(s, "job:t/j", &r, NULL, 1000, 5000),
+                     FB_OK);
+    /* Seq 1 is taken; an idempotency key names one result only. */
+    assert_int_equal(fb_store_result_put(s, "job:t/j", &r, NULL, 1000, 5000),
+                     FB_EEXIST);
+    r.seq = 2;
+    r.body = "{}";
+    r.body_len = 2;
+    assert_int_equal(fb_store_result_put(s, "job:t/j", &r, "idem-1", 1000, 9000),
+                     FB_OK);
+    assert_int_equal(fb_store_result_get(s, "job:t/j", fp, 1, 2000, &got),
+                     FB_OK);
+    assert_int_equal(got.stream, 1);
+    assert_int_equal(got.cost, 123);
+    assert_memory_equal(got.body, "data: x\n\n", 9);
+    assert_string_equal(got.headers, "A: b\r\n");
+    fb_result_clear(&got);
+    /* Scopes never cross; expired results are not found. */
+    assert_int_equal(fb_store_result_get(s, "job:t/other", fp, 1, 2000, &got),
+                     FB_ENOTFOUND);
+    assert_int_equal(fb_store_result_get(s, "job:t/j", fp, 1, 6000, &got),
+                     FB_ENOTFOUND);
+    assert_int_equal(fb_store_result_by_idem(s, "job:t/j", "idem-1", 2000, &got),
+                     FB_OK);
+    assert_int_equal(got.seq, 2);
+    fb_result_clear(&got);
+    int64_t n;
+    assert_int_equal(fb_store_results_purge(s, 6000, NULL, 0, 0, &n), FB_OK);
+    assert_int_equal(n, 1); /* the expired one */
+    assert_int_equal(fb_store_results_purge(s, 6000, "job:t/", 0, 0, &n),
+                     FB_OK);
+    assert_int_equal(n, 1);
+
+    /* Occurrences count this attempt's calls of fp, blocked ones aside. */
+    fb_entry e = entry(100, 1, "t", "j", 5);
+    e.fp = fp;
+    e.attempt = 2;
+    assert_int_equal(fb_store_entry_insert(s, &e), FB_OK);
+    e.id = 101;
+    e.state = FB_ENTRY_REPLAYED;
+    e.saved = 77;
+    assert_int_equal(fb_store_entry_insert(s, &e), FB_OK);
+    e.id = 102;
+    e.state = FB_ENTRY_BLOCKED;
+    assert_int_equal(fb_store_entry_insert(s, &e), FB_OK);
+    assert_int_equal(fb_store_occurrences(s, "t", "j", "k_test", 2, fp, &n),
+                     FB_OK);
+    assert_int_equal(n, 2);
+    fb_spend sp;
+    fb_spend_filter f = {.tenant = "t"};
+    assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
+    assert_int_equal(sp.replayed_calls, 1);
+    assert_int_equal(sp.saved, 77);
+
+    assert_int_equal(fb_store_trip_set(s, "job:t/j", "by hand", 1), FB_OK);
+    assert_int_equal(fb_store_trip_set(s, "job:t/j", "again", 2), FB_OK);
+    assert_int_equal(fb_store_trip_clear(s, "job:t/j"), FB_OK);
+    assert_int_equal(fb_store_trip_clear(s, "job:t/j"), FB_ENOTFOUND);
+    fb_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_durable_then_recover),
         cmocka_unit_test(test_keys_and_change_feed),
+        cmocka_unit_test(test_results_and_trips),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
