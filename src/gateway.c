@@ -74,6 +74,7 @@ typedef struct gateway {
     char **provider_keys;  /* per provider, from the environment */
     int64_t next_id;
     size_t inflight;
+    struct gw_req *live;
     int draining;
     int stopped; /* the front and upstream are gone: settle, don't call */
     int64_t drain_deadline_ns;
@@ -82,6 +83,7 @@ typedef struct gateway {
 
 typedef struct gw_req {
     gateway *g;
+    struct gw_req *prev, *next; /* every call alive, for a forced stop */
     fb_req *req;
     const fb_provider_conf *pc;
     size_t pidx;
@@ -171,6 +173,12 @@ static void finish(gw_req *gr)
     if (gr->buf)
         evbuffer_free(gr->buf);
     fb_sse_free(&gr->sse);
+    if (gr->prev)
+        gr->prev->next = gr->next;
+    else
+        g->live = gr->next;
+    if (gr->next)
+        gr->next->prev = gr->prev;
     free(gr);
     g->inflight--;
 }
@@ -1259,6 +1267,10 @@ static void handle(void *ud, fb_req *req)
     FB_ASSERT(gr != NULL);
     g->inflight++;
     gr->g = g;
+    gr->next = g->live;
+    if (g->live)
+        g->live->prev = gr;
+    g->live = gr;
     gr->req = req;
     gr->pc = pc;
     gr->pidx = (size_t)(pc - g->c->providers);
@@ -1527,6 +1539,19 @@ out:
     fb_server_free(g.srv);
     fb_upstream_free(g.up);
     fb_ledger_stop(g.ledger);
+    g.ledger = NULL;
+    /* What is left was upstream when the transfers were cut: nothing more
+     * will call back for it. Its rows stay RESERVED (charged in full at
+     * the next start); its memory goes now. */
+    while (g.live != NULL) {
+        gw_req *gr = g.live;
+        if (gr->req != NULL) {
+            fb_req_reply(gr->req, 499, NULL, NULL, "", 0);
+            gr->req = NULL;
+        }
+        gr->leading = gr->ileading = 0; /* nobody waits any more */
+        finish(gr);
+    }
     fb_store_close(st);
     fb_store_close(maint);
     if (g.sig_term)

@@ -73,19 +73,30 @@ describe('errors', () => {
     ['400 negative max_tokens', () => env.post(CHAT, chatBody({ maxTokens: -5 }), { key }), 400, 'invalid_request'],
     ['400 path with ..', () => env.post('/openai/v1/../v1/chat/completions', BODY, { key }), 400, 'invalid_request'],
     ['404 unknown provider', () => env.post('/nosuch/v1/chat/completions', BODY, { key }), 404, 'unknown_provider'],
-    // Refused by the HTTP layer, before the handler: no x-should-retry.
+    // Refused by the HTTP layer, before the handler.
     ['413 body over max_body_bytes', () => env.post(CHAT,
-      chatBody({ content: 'x'.repeat(8000) }), { key }), 413, null, 'http'],
+      chatBody({ content: 'x'.repeat(8000) }), { key }), 413, null],
   ];
 
-  for (const [name, send, status, type, layer] of cases) {
+  for (const [name, send, status, type] of cases) {
     it(name, async () => {
       const r = await noUpstream(send);
       await assertError(r, status, type);
-      // The handler marks its refusals final for the SDKs.
-      if (layer !== 'http') assert.equal(r.headers['x-should-retry'], 'false');
+      // Refusals a retry cannot fix are final for the SDKs, from the
+      // handler and from the HTTP layer alike.
+      assert.equal(r.headers['x-should-retry'], 'false');
     });
   }
+
+  it('413 for a chunked body over max_body_bytes, final for the SDKs', async () => {
+    const big = chatBody({ content: 'x'.repeat(8000) });
+    const r = await noUpstream(() => rawExchange(env.gwHost, env.gwPort,
+      `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\n` +
+      `Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n` +
+      `${Buffer.byteLength(big).toString(16)}\r\n${big}\r\n0\r\n\r\n`));
+    await assertError(r, 413, 'invalid_request');
+    assert.equal(r.headers['x-should-retry'], 'false');
+  });
 
   it('402 over budget, with no upstream call', async () => {
     const k = await env.createKey({ tenant: 'acme', job: 'broke' });
@@ -124,13 +135,16 @@ describe('errors', () => {
       `Content-Length: ${Buffer.byteLength(BODY)}\r\n\r\n${BODY}`;
     const r = await noUpstream(() => rawExchange(env.gwHost, env.gwPort, head));
     await assertError(r, 431, null);
+    assert.equal(r.headers['x-should-retry'], 'false');
   });
 
   it('400 garbage request line over a raw socket', async () => {
     const r = await noUpstream(() => rawExchange(env.gwHost, env.gwPort, 'HELLO THERE\x01\x02\r\n\r\n'));
     await assertError(r, 400, null);
+    assert.equal(r.headers['x-should-retry'], 'false');
     const r2 = await noUpstream(() => rawExchange(env.gwHost, env.gwPort, '\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n'));
     await assertError(r2, 400, null);
+    assert.equal(r2.headers['x-should-retry'], 'false');
   });
 
   it('408 for a client that sends half a head and stalls', async () => {
@@ -138,6 +152,7 @@ describe('errors', () => {
       `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\n`, { timeoutMs: 5000 }));
     assert.notEqual(r.why, 'timeout', 'the gateway never answered the stalled client');
     await assertError(r, 408, null);
+    assert.notEqual(r.headers['x-should-retry'], 'false', 'a timeout is retryable');
   });
 
   it('408 for a client that sends half a body and stalls', async () => {
@@ -147,6 +162,7 @@ describe('errors', () => {
       BODY.slice(0, 10), { timeoutMs: 5000 }));
     assert.notEqual(r.why, 'timeout', 'the gateway never answered the stalled client');
     await assertError(r, 408, null);
+    assert.notEqual(r.headers['x-should-retry'], 'false', 'a timeout is retryable');
   });
 
   it('502 when the provider is unreachable, charged nothing', async () => {

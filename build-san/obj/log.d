@@ -1,2 +1,0 @@
-build-san/obj/log.o: src/log.c src/log.h
-src/log.h:

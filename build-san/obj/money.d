@@ -1,3 +1,0 @@
-build-san/obj/money.o: src/money.c src/money.h src/common.h
-src/money.h:
-src/common.h:

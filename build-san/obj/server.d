@@ -1,4 +1,0 @@
-build-san/obj/server.o: src/server.c src/server.h src/common.h src/http.h
-src/server.h:
-src/common.h:
-src/http.h:

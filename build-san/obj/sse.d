@@ -1,3 +1,0 @@
-build-san/obj/sse.o: src/sse.c src/sse.h src/common.h
-src/sse.h:
-src/common.h:
