@@ -126,6 +126,9 @@ typedef struct gw_req {
     size_t held_len;
     int kept;               /* a result was kept for this call */
     uint8_t fkey[32];       /* (rscope, fp): its transient failures */
+    uint8_t occ[32];        /* (rscope, key, fp, attempt): occurrences */
+    int occ_taken;          /* seq was taken from the occurrence counter */
+    int replayed;           /* answered from a kept result */
     fb_money usage_cost;    /* the settled cost */
 } gw_req;
 
@@ -163,6 +166,10 @@ static void finish(gw_req *gr)
         gr->ileading = 0;
         resume_waiters(g, gr->iflight);
     }
+    if (gr->occ_taken && !gr->kept && !gr->replayed)
+        /* Nothing was bought or handed back under this occurrence: the
+         * retry of a failed call is the same occurrence again. */
+        fb_occ_release(g->replay, gr->occ, gr->seq);
     free(gr->idem);
     free(gr->held);
     if (gr->keep)
@@ -391,15 +398,34 @@ static void up_head(void *arg, int status, const fb_up_header *h, size_t n)
     }
 }
 
+/* Does some line of the event equal text exactly? (Text inside a JSON
+ * string cannot fake a line: its newlines are escaped.) */
+static int has_line(const char *ev, size_t len, const char *text)
+{
+    size_t tl = strlen(text);
+    for (size_t i = 0; i + tl <= len;) {
+        if ((i == 0 || ev[i - 1] == '\n' || ev[i - 1] == '\r') &&
+            memcmp(ev + i, text, tl) == 0 &&
+            (i + tl == len || ev[i + tl] == '\n' || ev[i + tl] == '\r'))
+            return 1;
+        const char *nl = memchr(ev + i, '\n', len - i);
+        if (nl == NULL)
+            break;
+        i = (size_t)(nl - ev) + 1;
+    }
+    return 0;
+}
+
 /* The event that ends a stream: OpenAI's [DONE], Anthropic's
  * message_stop, the Responses API's final response.* event. */
 static int is_terminal_event(const char *ev, size_t len)
 {
-    static const char *const marks[] = {
-        "data: [DONE]", "\"message_stop\"", "\"response.completed\"",
-        "\"response.incomplete\"", "\"response.failed\""};
-    for (size_t i = 0; i < FB_ARRAY_LEN(marks); i++)
-        if (memmem(ev, len, marks[i], strlen(marks[i])) != NULL)
+    static const char *const lines[] = {
+        "data: [DONE]", "data:[DONE]", "event: message_stop",
+        "event: response.completed", "event: response.incomplete",
+        "event: response.failed"};
+    for (size_t i = 0; i < FB_ARRAY_LEN(lines); i++)
+        if (has_line(ev, len, lines[i]))
             return 1;
     return 0;
 }
@@ -434,8 +460,9 @@ static void stream_event(gw_req *gr, const char *ev, size_t len)
         }
     }
     /* The closing event waits until the result is kept: a client that
-     * saw the whole stream can always get it again. */
-    if (gr->keep != NULL && is_terminal_event(ev, len)) {
+     * saw the whole stream can always get it again. Anything after it
+     * waits too, to keep the order. */
+    if (gr->keep != NULL && (gr->held_len > 0 || is_terminal_event(ev, len))) {
         char *h = realloc(gr->held, gr->held_len + len);
         FB_ASSERT(h != NULL);
         memcpy(h + gr->held_len, ev, len);
@@ -847,6 +874,7 @@ static void serve_replay(gw_req *gr, fb_result *res)
         res->body_len += sizeof tail - 1;
     }
     gr->ts_ms = fb_wall_ms();
+    gr->replayed = 1;
     record(gr, FB_ENTRY_REPLAYED, res->status, res->cost, "replayed");
     fb_req_reply(gr->req, res->status, h, NULL, res->body, res->body_len);
     gr->req = NULL;
@@ -982,10 +1010,8 @@ static void occurrence(gw_req *gr);
 static void on_occurrences(void *arg, fb_err err, int64_t n)
 {
     gw_req *gr = arg;
-    uint8_t key[32];
     size_t nw = 0;
-    fb_replay_key(key, gr->rscope, gr->key.id, gr->fp, gr->key.attempt);
-    void **w = fb_occ_loaded(gr->g->replay, key, err == FB_OK ? n : 0, &nw);
+    void **w = fb_occ_loaded(gr->g->replay, gr->occ, err == FB_OK ? n : 0, &nw);
     for (size_t i = 0; i < nw; i++)
         occurrence(w[i]);
     free(w);
@@ -995,7 +1021,6 @@ static void on_occurrences(void *arg, fb_err err, int64_t n)
 static void occurrence(gw_req *gr)
 {
     int loading = 0;
-    uint8_t key[32];
     if (gone(gr))
         return;
     if (gr->key.attempt <= 0) {
@@ -1003,8 +1028,9 @@ static void occurrence(gw_req *gr)
         lookup(gr);
         return;
     }
-    fb_replay_key(key, gr->rscope, gr->key.id, gr->fp, gr->key.attempt);
-    if (fb_occ_next(gr->g->replay, key, gr, &loading, &gr->seq)) {
+    fb_replay_key(gr->occ, gr->rscope, gr->key.id, gr->fp, gr->key.attempt);
+    if (fb_occ_next(gr->g->replay, gr->occ, gr, &loading, &gr->seq)) {
+        gr->occ_taken = 1;
         lookup(gr);
         return;
     }

@@ -29,6 +29,8 @@ typedef struct occ {
     int loaded;
     int64_t next;
     waitq q;
+    int64_t *freed; /* occurrences released by failed calls */
+    size_t nfreed, capfreed;
 } occ;
 
 typedef struct day_count {
@@ -120,6 +122,7 @@ static void occ_free(void *p)
 {
     occ *o = p;
     free(o->q.w);
+    free(o->freed);
     free(o);
 }
 
@@ -184,6 +187,15 @@ int fb_occ_next(fb_replay *r, const uint8_t key[32], void *waiter,
     occ *o = fb_map_get(r->occs, (const char *)key, 32);
     *loading = 0;
     if (o != NULL && o->loaded) {
+        if (o->nfreed > 0) { /* the smallest released one first */
+            size_t m = 0;
+            for (size_t i = 1; i < o->nfreed; i++)
+                if (o->freed[i] < o->freed[m])
+                    m = i;
+            *k = o->freed[m];
+            o->freed[m] = o->freed[--o->nfreed];
+            return 1;
+        }
         *k = ++o->next;
         return 1;
     }
@@ -197,7 +209,7 @@ int fb_occ_next(fb_replay *r, const uint8_t key[32], void *waiter,
             void *v;
             while (fb_map_next(r->occs, &it, &kk, &kl, &v)) {
                 occ *x = v;
-                if (x->loaded && x->q.n == 0) {
+                if (x->loaded && x->q.n == 0 && x->nfreed == 0) {
                     occ_free(fb_map_del(r->occs, kk, kl));
                     it = 0;
                     if (fb_map_count(r->occs) < 500000)
@@ -226,6 +238,21 @@ void **fb_occ_loaded(fb_replay *r, const uint8_t key[32], int64_t base,
     *n = o->q.n;
     memset(&o->q, 0, sizeof o->q);
     return w;
+}
+
+void fb_occ_release(fb_replay *r, const uint8_t key[32], int64_t k)
+{
+    occ *o = fb_map_get(r->occs, (const char *)key, 32);
+    if (o == NULL || !o->loaded)
+        return;
+    if (o->nfreed == o->capfreed) {
+        size_t cap = o->capfreed ? o->capfreed * 2 : 4;
+        int64_t *nf = realloc(o->freed, cap * sizeof *nf);
+        FB_ASSERT(nf != NULL);
+        o->freed = nf;
+        o->capfreed = cap;
+    }
+    o->freed[o->nfreed++] = k;
 }
 
 int fb_retry_failures(fb_replay *r, const uint8_t key[32])

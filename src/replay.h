@@ -43,6 +43,9 @@ int fb_occ_next(fb_replay *r, const uint8_t key[32], void *waiter,
                 int *loading, int64_t *k);
 void **fb_occ_loaded(fb_replay *r, const uint8_t key[32], int64_t base,
                      size_t *n);
+/* Occurrence k bought nothing (its call failed): hand it out again next,
+ * before any new one. */
+void fb_occ_release(fb_replay *r, const uint8_t key[32], int64_t k);
 
 /* ---- retry budgets ---- */
 typedef struct fb_retry_limits {

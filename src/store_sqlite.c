@@ -81,8 +81,12 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_RESULT_PUT] =
         "INSERT INTO results(scope,fp,seq,idem,attempt,status,stream,headers,"
         "body,cost,created_ms,expires_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
-    [ST_OCCURRENCES] = "SELECT COUNT(*) FROM ledger WHERE tenant=? AND job=? "
-                       "AND key_id=? AND attempt=? AND fp=? AND state<>2",
+    /* Calls that hold an occurrence: in flight, replayed, or settled
+     * with a result that is kept (2xx or a deterministic error). */
+    [ST_OCCURRENCES] =
+        "SELECT COUNT(*) FROM ledger WHERE tenant=? AND job=? AND key_id=? "
+        "AND attempt=? AND fp=? AND (state IN (0,3) OR (state=1 AND "
+        "(status BETWEEN 200 AND 299 OR status IN (400,401,403,404,422))))",
 };
 
 /* Version 1 of the schema. Money columns are integer picodollars. */

@@ -102,6 +102,16 @@ static void test_occurrences(void **state)
     assert_int_equal(seq, 4);
     assert_int_equal(fb_occ_next(r, k, &c, &loading, &seq), 1);
     assert_int_equal(seq, 5);
+    /* Calls 3 and 5 failed: their retries are occurrences 3 and 5 again,
+     * smallest first, before a new one. */
+    fb_occ_release(r, k, 5);
+    fb_occ_release(r, k, 3);
+    assert_int_equal(fb_occ_next(r, k, &a, &loading, &seq), 1);
+    assert_int_equal(seq, 3);
+    assert_int_equal(fb_occ_next(r, k, &a, &loading, &seq), 1);
+    assert_int_equal(seq, 5);
+    assert_int_equal(fb_occ_next(r, k, &a, &loading, &seq), 1);
+    assert_int_equal(seq, 6);
     fb_replay_free(r);
 }
 
