@@ -587,11 +587,15 @@ static void deliver(gw_req *gr)
 static void on_kept(void *arg, fb_err err)
 {
     gw_req *gr = arg;
-    if (err != FB_OK)
+    if (err != FB_OK) {
         fb_log(FB_LOG_WARN, "could not keep the result of call %lld: %s",
                (long long)gr->id, fb_strerror(err));
-    else
+    } else {
         gr->kept = 1;
+        uint8_t key[32];
+        fb_replay_key(key, gr->rscope, "r", gr->fp, gr->seq);
+        fb_kept_add(gr->g->replay, key);
+    }
     deliver(gr);
 }
 
@@ -1001,6 +1005,10 @@ static void lookup(gw_req *gr)
     if (!fb_flight_join(gr->g->replay, gr->flight, gr))
         return; /* an identical call is in flight: wait for it */
     gr->leading = 1;
+    if (!fb_kept_maybe(gr->g->replay, gr->flight)) {
+        on_lookup(gr, FB_ENOTFOUND, NULL); /* never bought: no read */
+        return;
+    }
     fb_ledger_result_lookup(gr->g->ledger, gr->rscope, gr->fp, gr->seq, NULL,
                             fb_wall_ms(), on_lookup, gr);
 }
@@ -1394,6 +1402,15 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_add(g->drain_timer, &tv);
 }
 
+static int load_kept(void *arg, const char *scope, const uint8_t fp[32],
+                     int64_t seq)
+{
+    uint8_t key[32];
+    fb_replay_key(key, scope, "r", fp, seq);
+    fb_kept_add(arg, key);
+    return 0;
+}
+
 static int load_trip(void *arg, const char *scope, const char *reason,
                      int64_t ts_ms)
 {
@@ -1514,7 +1531,8 @@ int fb_gateway_serve(const fb_config *c)
     if (fb_store_recover(st, &recovered) != FB_OK ||
         fb_store_max_entry_id(st, &g.next_id) != FB_OK ||
         seed_scopes(&g, st) != 0 ||
-        fb_store_trips(st, load_trip, g.replay) != FB_OK) {
+        fb_store_trips(st, load_trip, g.replay) != FB_OK ||
+        fb_store_result_keys(st, fb_wall_ms(), load_kept, g.replay) != FB_OK) {
         fb_log(FB_LOG_ERROR, "cannot read the ledger in %s", c->data_dir);
         goto out;
     }

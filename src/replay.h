@@ -47,6 +47,14 @@ void **fb_occ_loaded(fb_replay *r, const uint8_t key[32], int64_t base,
  * before any new one. */
 void fb_occ_release(fb_replay *r, const uint8_t key[32], int64_t k);
 
+/* ---- which results may exist ----
+ * A Bloom filter over the keys of kept results (fb_replay_key of scope,
+ * "r", fp, seq): "no" is certain, so a call that was never bought skips
+ * the store read. Only this daemon keeps results (one per data_dir);
+ * results purged or expired stay "maybe" and cost one read. */
+void fb_kept_add(fb_replay *r, const uint8_t key[32]);
+int fb_kept_maybe(fb_replay *r, const uint8_t key[32]);
+
 /* ---- retry budgets ---- */
 typedef struct fb_retry_limits {
     int max_per_fp;  /* upstream attempts per fingerprint after failures */

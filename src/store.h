@@ -166,6 +166,11 @@ fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
 fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
                            const char *idem, int64_t now_ms,
                            int64_t expires_ms);
+/* Calls fn for every result unexpired at now_ms (its scope, fp, seq). */
+fb_err fb_store_result_keys(fb_store *s, int64_t now_ms,
+                            int (*fn)(void *arg, const char *scope,
+                                      const uint8_t fp[32], int64_t seq),
+                            void *arg);
 /* Delete results expired at now_ms, at most limit of them (0: no limit),
  * or, with scope_prefix, every result whose scope starts with it; then,
  * while the kept bodies exceed max_bytes (0: no cap), the oldest. *n gets

@@ -717,6 +717,33 @@ fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
     return step_done(st);
 }
 
+fb_err fb_store_result_keys(fb_store *s, int64_t now_ms,
+                            int (*fn)(void *arg, const char *scope,
+                                      const uint8_t fp[32], int64_t seq),
+                            void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int rc;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT scope, fp, seq FROM results WHERE "
+                           "expires_ms>?",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, now_ms);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_bytes(st, 1) != 32)
+            continue;
+        if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+               sqlite3_column_blob(st, 1), sqlite3_column_int64(st, 2)) != 0)
+            break;
+    }
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
 fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
                               const char *scope_prefix, int64_t max_bytes,
                               int64_t limit, int64_t *n)

@@ -150,6 +150,29 @@ static void test_retry_budgets_and_trips(void **state)
     fb_replay_free(r);
 }
 
+static void test_kept_filter(void **state)
+{
+    (void)state;
+    fb_replay *r = fb_replay_new();
+    uint8_t fp[32] = {5}, key[32];
+    int maybe = 0;
+    /* Added keys are always "maybe"; of 100k others, few are. */
+    for (int i = 0; i < 10000; i++) {
+        fb_replay_key(key, "job:t/j", "r", fp, i);
+        fb_kept_add(r, key);
+    }
+    for (int i = 0; i < 10000; i++) {
+        fb_replay_key(key, "job:t/j", "r", fp, i);
+        assert_true(fb_kept_maybe(r, key));
+    }
+    for (int i = 0; i < 100000; i++) {
+        fb_replay_key(key, "job:t/other", "r", fp, i);
+        maybe += fb_kept_maybe(r, key);
+    }
+    assert_true(maybe < 100); /* 0.1%: far fewer keys than the filter holds */
+    fb_replay_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -157,6 +180,7 @@ int main(void)
         cmocka_unit_test(test_flights),
         cmocka_unit_test(test_occurrences),
         cmocka_unit_test(test_retry_budgets_and_trips),
+        cmocka_unit_test(test_kept_filter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
