@@ -172,7 +172,8 @@ fb_err fb_store_result_keys(fb_store *s, int64_t now_ms,
                                       const uint8_t fp[32], int64_t seq),
                             void *arg);
 /* Delete results expired at now_ms, at most limit of them (0: no limit),
- * or, with scope_prefix, every result whose scope starts with it; then,
+ * or, with scope_prefix, the results of that scope (a prefix when it
+ * ends in '/' or is empty: every result whose scope starts with it); then,
  * while the kept bodies exceed max_bytes (0: no cap), the oldest. *n gets
  * the count deleted. */
 fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,

@@ -751,9 +751,14 @@ fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
     sqlite3_stmt *st = NULL;
     fb_err err = FB_EIO;
     *n = 0;
+    /* A scope ending in '/' (a tenant's jobs) or empty (all) is a prefix;
+     * any other names one scope exactly ("job:t/pg" is not "job:t/pg2"). */
+    size_t pl = scope_prefix ? strlen(scope_prefix) : 0;
+    int prefix = scope_prefix && (pl == 0 || scope_prefix[pl - 1] == '/');
     const char *sql =
-        scope_prefix
-            ? "DELETE FROM results WHERE substr(scope,1,length(?1))=?1"
+        prefix ? "DELETE FROM results WHERE substr(scope,1,length(?1))=?1"
+        : scope_prefix
+            ? "DELETE FROM results WHERE scope=?1"
             : "DELETE FROM results WHERE id IN (SELECT id FROM results "
               "WHERE expires_ms<=?2 ORDER BY expires_ms LIMIT ?3)";
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)

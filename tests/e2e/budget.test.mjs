@@ -9,25 +9,41 @@ import {
   startEnv, pico, usd, worstChat, fakeChatCost, chatBody,
 } from './harness.mjs';
 
-// One SDK call's body, as the SDK serialises it (JSON.stringify).
-const SDK_PARAMS = {
-  model: 'gpt-4o-mini',
-  messages: [{ role: 'user', content: 'one paid call' }],
-  max_tokens: 100,
+// Replay answers an identical request in the same scope from the kept
+// result, at no cost and without the fuse. Every test here needs each call
+// to be a new paid call, so each call gets its own prompt: a fixed-width
+// counter, so that every body has the same byte length and therefore the
+// same worst case (and, at the fake, the same cost).
+const sameLength = (make, n) => {
+  const bodies = Array.from({ length: n }, (_, i) => make(i));
+  for (const b of bodies) {
+    assert.equal(Buffer.byteLength(b), Buffer.byteLength(bodies[0]), 'bodies differ in length');
+  }
+  return bodies;
 };
-const SDK_WORST = worstChat(JSON.stringify(SDK_PARAMS), SDK_PARAMS.max_tokens);
 
-// The concurrency test's body: 1000 completion tokens asked and produced,
+// One SDK call's body, as the SDK serialises it (JSON.stringify).
+const sdkParams = (n) => ({
+  model: 'gpt-4o-mini',
+  messages: [{ role: 'user', content: `paid call #${n}` }],
+  max_tokens: 100,
+});
+sameLength((i) => JSON.stringify(sdkParams(i)), 10);
+const SDK_WORST = worstChat(JSON.stringify(sdkParams(0)), sdkParams(0).max_tokens);
+
+// The concurrency test's bodies: 1000 completion tokens asked and produced,
 // so the real cost is close to the worst case.
-const CONC_BODY = chatBody({ content: 'concurrent', maxTokens: 1000 });
-const CONC_WORST = worstChat(CONC_BODY, 1000);
-const CONC_COST = fakeChatCost(CONC_BODY, 1000);
+const CONC_N = 200;
+const CONC_BODIES = sameLength((i) =>
+  chatBody({ content: `concurrent ${String(i).padStart(3, '0')}`, maxTokens: 1000 }), CONC_N);
+const CONC_WORST = worstChat(CONC_BODIES[0], 1000);
+const CONC_COST = fakeChatCost(CONC_BODIES[0], 1000);
 const CONC_FIT = 50n;
 const CONC_BUDGET = CONC_WORST * CONC_FIT;
 
-// The key-budget test's body.
-const KEY_BODY = chatBody({ content: 'key budget', maxTokens: 50 });
-const KEY_WORST = worstChat(KEY_BODY, 50);
+// The key-budget test's bodies.
+const KEY_BODIES = sameLength((i) => chatBody({ content: `key budget ${i}`, maxTokens: 50 }), 10);
+const KEY_WORST = worstChat(KEY_BODIES[0], 50);
 
 describe('budgets', () => {
   let env;
@@ -61,14 +77,16 @@ describe('budgets', () => {
     const client = new OpenAI({ baseURL: `${env.gwUrl}/openai/v1`, apiKey: key }); // maxRetries 2
     const b0 = await env.billing();
 
-    const { data, response } = await client.chat.completions.create(SDK_PARAMS).withResponse();
+    const { data, response } = await client.chat.completions.create(sdkParams(1)).withResponse();
     assert.match(data.choices[0].message.content, /^fake answer/);
     const cost1 = pico(response.headers.get('x-fusebox-cost-usd'));
     assert.ok(cost1 > 0n && cost1 < SDK_WORST);
 
     let err;
     try {
-      await client.chat.completions.create(SDK_PARAMS);
+      // Another prompt of the same size: the same call again would be
+      // replayed (free), not refused.
+      await client.chat.completions.create(sdkParams(2));
     } catch (e) {
       err = e;
     }
@@ -126,9 +144,9 @@ describe('budgets', () => {
   it('200 concurrent calls never spend past the job ceiling', async () => {
     const key = await env.createKey({ tenant: 'acme', job: 'conc' });
     const b0 = await env.billing();
-    const N = 200;
-    const results = await Promise.all(Array.from({ length: N }, () =>
-      env.post('/openai/v1/chat/completions', CONC_BODY, {
+    const N = CONC_N;
+    const results = await Promise.all(CONC_BODIES.map((body) =>
+      env.post('/openai/v1/chat/completions', body, {
         key,
         headers: { 'x-fake-fault': 'delay_ms=50', 'x-fake-completion-tokens': '1000' },
       }).then((r) => r, (e) => ({ status: `transport error: ${e.message}` }))));
@@ -171,7 +189,9 @@ describe('budgets', () => {
     assert.equal(pico(rec.budget.replace('/day', '')), KEY_WORST);
     assert.match(rec.budget, /\/day$/);
 
-    const r1 = await env.post('/openai/v1/chat/completions', KEY_BODY, { key });
+    let n = 0;
+    const send = (k) => env.post('/openai/v1/chat/completions', KEY_BODIES[n++], { key: k });
+    const r1 = await send(key);
     assert.equal(r1.status, 200, r1.text);
     const cost1 = pico(r1.headers['x-fusebox-cost-usd']);
     const b0 = await env.billing();
@@ -187,17 +207,17 @@ describe('budgets', () => {
       assert.equal(pico(e.spent_usd), cost1);
       assert.equal(pico(e.request_max_usd), KEY_WORST);
     };
-    check402(await env.post('/openai/v1/chat/completions', KEY_BODY, { key }));
+    check402(await send(key));
 
     // The job has no ceiling: another key on it still gets through.
-    const r3 = await env.post('/openai/v1/chat/completions', KEY_BODY, { key: other });
+    const r3 = await send(other);
     assert.equal(r3.status, 200, r3.text);
 
     // The key's spend in this period is read back from the ledger.
     await env.settled();
     await env.restart();
-    check402(await env.post('/openai/v1/chat/completions', KEY_BODY, { key }));
-    const r5 = await env.post('/openai/v1/chat/completions', KEY_BODY, { key: other });
+    check402(await send(key));
+    const r5 = await send(other);
     assert.equal(r5.status, 200, r5.text);
     const b1 = await env.billing();
     assert.equal(b1.requests - b0.requests, 2, 'a refused call reached the provider');

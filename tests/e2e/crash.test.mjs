@@ -8,8 +8,16 @@ import { startEnv, pico, usd, waitFor, worstChat, chatBody, SLOW } from './harne
 
 const CHAT = '/openai/v1/chat/completions';
 const MAX_TOKENS = 200;
-const BODY = chatBody({ content: 'crash test', maxTokens: MAX_TOKENS });
-const WORST = worstChat(BODY, MAX_TOKENS);
+// Every call must reach the provider (replay would answer an identical
+// request from the kept result, or join it to the one in flight), so each
+// gets its own prompt; the fixed-width counter keeps every body the same
+// length, hence the same worst case.
+let bodies = 0;
+const body = () => chatBody({
+  content: `crash test ${String(bodies++).padStart(6, '0')}`, maxTokens: MAX_TOKENS,
+});
+const WORST = worstChat(chatBody({ content: `crash test ${'0'.repeat(6)}`, maxTokens: MAX_TOKENS }),
+  MAX_TOKENS);
 const JOB_CEILING = WORST * 100n;
 const TENANT_CEILING = WORST * 110n;
 const GLOBAL_CEILING = WORST * 120n;
@@ -48,7 +56,7 @@ it('kill -9 with calls in flight never loses money, at three moments', async (t)
     let killed = false;
     const seen = async () => (await env.billing()).requests - b0.requests;
     const call = (n) =>
-      env.post(CHAT, BODY, {
+      env.post(CHAT, body(), {
         key,
         headers: { ...HEADERS, 'x-fake-fault': `delay_ms=${m.spread ? DELAY_MS + n * 20 * SLOW : DELAY_MS}` },
       }).then((r) => { if (r.status === 200) answered++; return r.status; },
@@ -99,7 +107,7 @@ it('kill -9 with calls in flight never loses money, at three moments', async (t)
   // Spend the rest until the fuse blows; bounded.
   let refused = 0;
   for (let batch = 0; batch < 40 && refused === 0; batch++) {
-    const rs = await Promise.all(Array.from({ length: 10 }, () => env.post(CHAT, BODY, { key, headers: HEADERS })));
+    const rs = await Promise.all(Array.from({ length: 10 }, () => env.post(CHAT, body(), { key, headers: HEADERS })));
     for (const r of rs) {
       assert.ok(r.status === 200 || r.status === 402, `status ${r.status}: ${r.text}`);
       if (r.status === 402) {
@@ -133,7 +141,7 @@ it('SIGTERM drains the calls in flight: each gets its answer and is settled', as
   const b0 = await env.billing();
   const N = 5;
   const calls = Array.from({ length: N }, () =>
-    env.post(CHAT, BODY, { key, headers: { 'x-fake-fault': `delay_ms=${DELAY_MS}` } })
+    env.post(CHAT, body(), { key, headers: { 'x-fake-fault': `delay_ms=${DELAY_MS}` } })
       .then((r) => r, (e) => ({ status: `transport error: ${e.code || e.message}` })));
   await waitFor(async () => (await env.billing()).requests - b0.requests >= N,
     { timeoutMs: 10000, message: 'the calls to reach the provider' });

@@ -9,6 +9,11 @@ import {
 
 const CHAT = '/openai/v1/chat/completions';
 const BODY = chatBody({ content: 'errors test', maxTokens: 20 });
+// A request seen by no earlier test: replay would answer a repeat of one
+// from its kept result (or refuse it once its upstream calls failed three
+// times), so the tests that need the provider to be called send their own.
+let fresh = 0;
+const freshBody = () => chatBody({ content: `errors test ${++fresh}`, maxTokens: 20 });
 
 describe('errors', () => {
   let env, key;
@@ -178,7 +183,7 @@ describe('errors', () => {
     const b0 = await env.billing();
     const s0 = await env.settled();
     const j0 = s0.scopes.find((s) => s.scope === 'job:main');
-    const r = await env.post(CHAT, BODY, { key, headers: { 'x-fake-fault': 'delay_ms=2000' } });
+    const r = await env.post(CHAT, freshBody(), { key, headers: { 'x-fake-fault': 'delay_ms=2000' } });
     await assertError(r, 504, 'upstream_error');
     const b1 = await env.billingStable(5000 * SLOW);
     assert.equal(b1.requests - b0.requests, 1);
@@ -194,7 +199,7 @@ describe('errors', () => {
   it('a provider 5xx is passed through with its status and costs 0', async () => {
     const b0 = await env.billing();
     const j0 = (await env.settled()).scopes.find((s) => s.scope === 'job:main');
-    const r = await env.post(CHAT, BODY, { key, headers: { 'x-fake-fault': 'status=503' } });
+    const r = await env.post(CHAT, freshBody(), { key, headers: { 'x-fake-fault': 'status=503' } });
     assert.equal(r.status, 503, r.text);
     assert.equal(r.json?.error?.type, 'server_error', 'not the provider\'s own error body');
     assert.equal(pico(r.headers['x-fusebox-cost-usd']), 0n);
@@ -207,8 +212,13 @@ describe('errors', () => {
   });
 
   it('after all that, a paid call still works', async () => {
-    const r = await env.post(CHAT, BODY, { key });
+    const b0 = await env.billing();
+    const r = await env.post(CHAT, freshBody(), { key });
     assert.equal(r.status, 200, r.text);
     assert.match(r.json.choices[0].message.content, /^fake answer/);
+    // Paid, not answered from a kept result.
+    assert.equal(r.headers['x-fusebox-replayed'], undefined);
+    assert.equal((await env.billing()).requests - b0.requests, 1, 'the call did not reach the provider');
+    assert.ok(pico(r.headers['x-fusebox-cost-usd']) > 0n);
   });
 });
