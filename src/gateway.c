@@ -212,7 +212,8 @@ static void on_client_close(void *arg)
 static void reply_error(gw_req *gr, int status, const char *type,
                         const char *msg)
 {
-    int final = status < 500;
+    /* 409 (an Idempotency-Key in flight) is worth a retry: it replays. */
+    int final = status < 500 && status != 409;
     fb_req_error(gr->req, status, type, msg,
                  final ? "x-should-retry: false\r\n" : NULL);
     gr->req = NULL;
@@ -880,6 +881,9 @@ static void serve_replay(gw_req *gr, fb_result *res)
     gr->ts_ms = fb_wall_ms();
     gr->replayed = 1;
     record(gr, FB_ENTRY_REPLAYED, res->status, res->cost, "replayed");
+    if (gr->idem != NULL) /* the key now names this request */
+        fb_ledger_idem_bind(gr->g->ledger, gr->rscope, gr->idem, gr->fp,
+                            res->seq, gr->ts_ms + gr->g->c->replay_ttl_ms);
     fb_req_reply(gr->req, res->status, h, NULL, res->body, res->body_len);
     gr->req = NULL;
     free(h);
@@ -1057,17 +1061,19 @@ static void idempotent(gw_req *gr);
 static void on_idem(void *arg, fb_err err, fb_result *res)
 {
     gw_req *gr = arg;
-    if (err == FB_OK) {
+    if (err == FB_OK || err == FB_EAGAIN) {
         if (memcmp(res->fp, gr->fp, 32) != 0) {
             reply_error(gr, 422, "idempotency_key_reused",
                         "this Idempotency-Key was used for a different request");
             finish(gr);
             return;
         }
-        serve_replay(gr, res);
-        return;
-    }
-    if (err != FB_ENOTFOUND) {
+        if (err == FB_OK) {
+            serve_replay(gr, res);
+            return;
+        }
+        /* Bound to this very request, whose result expired: as new. */
+    } else if (err != FB_ENOTFOUND) {
         reply_error(gr, 503, "store_unavailable",
                     "the kept results cannot be read right now");
         finish(gr);

@@ -33,7 +33,8 @@ enum op_kind {
     OP_COMPLETE,
     OP_RESULT,
     OP_COUNT,
-    OP_TRIP
+    OP_TRIP,
+    OP_IDEM_BIND
 };
 
 typedef struct op {
@@ -233,6 +234,21 @@ void fb_ledger_occurrences(fb_ledger *l, const fb_entry *who,
     enqueue(l, o);
 }
 
+void fb_ledger_idem_bind(fb_ledger *l, const char *scope, const char *idem,
+                         const uint8_t fp[32], int64_t seq,
+                         int64_t expires_ms)
+{
+    op *o = calloc(1, sizeof *o);
+    FB_ASSERT(o != NULL);
+    o->kind = OP_IDEM_BIND;
+    o->scope = dup_or_null(scope);
+    o->idem = dup_or_null(idem);
+    memcpy(o->hash, fp, 32);
+    o->count = seq;
+    o->expires_ms = expires_ms;
+    enqueue(l, o);
+}
+
 void fb_ledger_trip(fb_ledger *l, const char *scope, const char *reason)
 {
     fb_entry e = {.outcome = reason};
@@ -317,6 +333,10 @@ static void run_op(fb_ledger *l, op *o)
                      o->entry.outcome);
             o->err = fb_store_change_add(l->store, "trip", subject);
         }
+        break;
+    case OP_IDEM_BIND:
+        o->err = fb_store_idem_bind(l->store, o->scope, o->idem, o->hash,
+                                    o->count, o->expires_ms);
         break;
     case OP_KEY_LOOKUP:
         o->err = fb_store_key_by_hash(l->store, o->hash, &o->key);
@@ -520,13 +540,16 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
                       o->spent);
             break;
         case OP_RESULT:
-            o->cb.result(o->arg, o->err, o->err == FB_OK ? &o->res : NULL);
+            o->cb.result(o->arg, o->err,
+                         o->err == FB_OK || o->err == FB_EAGAIN ? &o->res
+                                                                : NULL);
             break;
         case OP_COUNT:
             o->cb.count(o->arg, o->err, o->count);
             break;
         case OP_SETTLE:
         case OP_TRIP:
+        case OP_IDEM_BIND:
             break;
         }
         op_free(o);

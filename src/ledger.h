@@ -58,7 +58,9 @@ void fb_ledger_complete(fb_ledger *l, int64_t id, int status, fb_money cost,
 
 /* Find a kept result: by idem when not NULL, else (scope, fp, seq),
  * unexpired at now_ms. cb gets FB_OK and the result, whose body and
- * headers it may take (set them to NULL); FB_ENOTFOUND; or an error. */
+ * headers it may take (set them to NULL); FB_EAGAIN (idem only: the key is
+ * bound, r->fp says to what, but the result is gone); FB_ENOTFOUND; or an
+ * error. */
 typedef void (*fb_ledger_result_fn)(void *arg, fb_err err, fb_result *r);
 void fb_ledger_result_lookup(fb_ledger *l, const char *scope,
                              const uint8_t fp[32], int64_t seq,
@@ -69,6 +71,11 @@ void fb_ledger_result_lookup(fb_ledger *l, const char *scope,
 typedef void (*fb_ledger_count_fn)(void *arg, fb_err err, int64_t n);
 void fb_ledger_occurrences(fb_ledger *l, const fb_entry *who,
                            fb_ledger_count_fn cb, void *arg);
+
+/* Bind an Idempotency-Key to (fp, seq) (fire and forget). */
+void fb_ledger_idem_bind(fb_ledger *l, const char *scope, const char *idem,
+                         const uint8_t fp[32], int64_t seq,
+                         int64_t expires_ms);
 
 /* Record that scope tripped (fire and forget; in the change feed too). */
 void fb_ledger_trip(fb_ledger *l, const char *scope, const char *reason);

@@ -157,15 +157,21 @@ fb_err fb_store_checkpoint(fb_store *s);
 fb_err fb_store_result_get(fb_store *s, const char *scope,
                            const uint8_t fp[32], int64_t seq, int64_t now_ms,
                            fb_result *out);
-/* The result kept under an Idempotency-Key in scope: FB_ENOTFOUND. */
+/* The result an Idempotency-Key in scope is bound to: FB_OK; FB_EAGAIN
+ * when the key is bound but its result is gone (out->fp still says to
+ * which request); FB_ENOTFOUND. */
 fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
                                const char *idem, int64_t now_ms,
                                fb_result *out);
-/* Keep r (r->id is ignored). idem may be NULL. FB_EEXIST if that seq or
- * key is taken. */
+/* Keep r (r->id is ignored) and, when idem is not NULL, bind that key to
+ * it. FB_EEXIST if that seq is taken. */
 fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
                            const char *idem, int64_t now_ms,
                            int64_t expires_ms);
+/* Bind an Idempotency-Key to (fp, seq), unless it is bound already. */
+fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
+                          const uint8_t fp[32], int64_t seq,
+                          int64_t expires_ms);
 /* Calls fn for every result unexpired at now_ms (its scope, fp, seq). */
 fb_err fb_store_result_keys(fb_store *s, int64_t now_ms,
                             int (*fn)(void *arg, const char *scope,

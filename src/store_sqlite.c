@@ -33,6 +33,7 @@ enum {
     ST_RESULT_GET,
     ST_RESULT_IDEM,
     ST_RESULT_PUT,
+    ST_IDEM_BIND,
     ST_OCCURRENCES,
     ST__COUNT
 };
@@ -76,11 +77,16 @@ static const char *const stmt_sql[ST__COUNT] = {
 #define RESULT_COLS "id,status,stream,headers,body,cost,seq,attempt,fp"
     [ST_RESULT_GET] = "SELECT " RESULT_COLS " FROM results WHERE scope=? AND "
                       "fp=? AND seq=? AND expires_ms>?",
-    [ST_RESULT_IDEM] = "SELECT " RESULT_COLS " FROM results WHERE scope=? "
-                       "AND idem=? AND expires_ms>?",
+    [ST_RESULT_IDEM] =
+        "SELECT r.id,r.status,r.stream,r.headers,r.body,r.cost,r.seq,"
+        "r.attempt,k.fp FROM idem_keys k LEFT JOIN results r ON r.scope="
+        "k.scope AND r.fp=k.fp AND r.seq=k.seq AND r.expires_ms>?3 WHERE "
+        "k.scope=?1 AND k.idem=?2 AND k.expires_ms>?3",
     [ST_RESULT_PUT] =
-        "INSERT INTO results(scope,fp,seq,idem,attempt,status,stream,headers,"
-        "body,cost,created_ms,expires_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO results(scope,fp,seq,attempt,status,stream,headers,"
+        "body,cost,created_ms,expires_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+    [ST_IDEM_BIND] = "INSERT OR IGNORE INTO idem_keys(scope,idem,fp,seq,"
+                     "expires_ms) VALUES(?,?,?,?,?)",
     /* Calls that hold an occurrence: in flight, replayed, or settled
      * with a result that is kept (2xx or a deterministic error). */
     [ST_OCCURRENCES] =
@@ -123,13 +129,17 @@ static const char schema_v2[] =
     " WHERE fp IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS results("
     " id INTEGER PRIMARY KEY, scope TEXT NOT NULL, fp BLOB NOT NULL,"
-    " seq INTEGER NOT NULL, idem TEXT, attempt INTEGER NOT NULL,"
+    " seq INTEGER NOT NULL, attempt INTEGER NOT NULL,"
     " status INTEGER NOT NULL, stream INTEGER NOT NULL,"
     " headers BLOB NOT NULL, body BLOB NOT NULL, cost INTEGER NOT NULL,"
     " created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
     " UNIQUE(scope, fp, seq));"
-    "CREATE UNIQUE INDEX IF NOT EXISTS results_idem ON results(scope, idem)"
-    " WHERE idem IS NOT NULL;"
+    /* An Idempotency-Key names one request (fp) and the result it got; a
+     * key answered by a replay is bound as well as one that was paid. */
+    "CREATE TABLE IF NOT EXISTS idem_keys("
+    " scope TEXT NOT NULL, idem TEXT NOT NULL, fp BLOB NOT NULL,"
+    " seq INTEGER NOT NULL, expires_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(scope, idem));"
     "CREATE INDEX IF NOT EXISTS results_expiry ON results(expires_ms);"
     "CREATE TABLE IF NOT EXISTS trips("
     " scope TEXT PRIMARY KEY, reason TEXT NOT NULL, ts_ms INTEGER NOT NULL);"
@@ -691,7 +701,21 @@ fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
     sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, idem, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, now_ms);
-    return one_result(st, out);
+    int rc = sqlite3_step(st);
+    fb_err err;
+    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_NULL) {
+        /* Bound to a request whose result is gone: the request is known. */
+        memset(out, 0, sizeof *out);
+        if (sqlite3_column_bytes(st, 8) == 32)
+            memcpy(out->fp, sqlite3_column_blob(st, 8), 32);
+        err = FB_EAGAIN;
+    } else {
+        err = rc == SQLITE_ROW    ? read_result(st, out)
+              : rc == SQLITE_DONE ? FB_ENOTFOUND
+                                  : sqlite_err(rc);
+    }
+    sqlite3_reset(st);
+    return err;
 }
 
 fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
@@ -702,18 +726,32 @@ fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
     sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, r->fp, 32, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, r->seq);
-    if (idem != NULL)
-        sqlite3_bind_text(st, 4, idem, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, r->attempt);
-    sqlite3_bind_int(st, 6, r->status);
-    sqlite3_bind_int(st, 7, r->stream);
-    sqlite3_bind_blob(st, 8, r->headers ? r->headers : "",
+    sqlite3_bind_int64(st, 4, r->attempt);
+    sqlite3_bind_int(st, 5, r->status);
+    sqlite3_bind_int(st, 6, r->stream);
+    sqlite3_bind_blob(st, 7, r->headers ? r->headers : "",
                       (int)r->headers_len, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 9, r->body ? r->body : "", (int)r->body_len,
+    sqlite3_bind_blob(st, 8, r->body ? r->body : "", (int)r->body_len,
                       SQLITE_STATIC);
-    sqlite3_bind_int64(st, 10, r->cost);
-    sqlite3_bind_int64(st, 11, now_ms);
-    sqlite3_bind_int64(st, 12, expires_ms);
+    sqlite3_bind_int64(st, 9, r->cost);
+    sqlite3_bind_int64(st, 10, now_ms);
+    sqlite3_bind_int64(st, 11, expires_ms);
+    fb_err err = step_done(st);
+    if (err == FB_OK && idem != NULL)
+        err = fb_store_idem_bind(s, scope, idem, r->fp, r->seq, expires_ms);
+    return err;
+}
+
+fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
+                          const uint8_t fp[32], int64_t seq,
+                          int64_t expires_ms)
+{
+    sqlite3_stmt *st = stmt(s, ST_IDEM_BIND);
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, idem, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, fp, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, seq);
+    sqlite3_bind_int64(st, 5, expires_ms);
     return step_done(st);
 }
 
@@ -772,6 +810,23 @@ fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
     *n = sqlite3_changes(s->db);
     sqlite3_finalize(st);
     st = NULL;
+    {
+        const char *isql =
+            prefix ? "DELETE FROM idem_keys WHERE substr(scope,1,length(?1))=?1"
+            : scope_prefix ? "DELETE FROM idem_keys WHERE scope=?1"
+                           : "DELETE FROM idem_keys WHERE rowid IN (SELECT rowid "
+                             "FROM idem_keys WHERE expires_ms<=?2 LIMIT ?3)";
+        if (sqlite3_prepare_v2(s->db, isql, -1, &st, NULL) != SQLITE_OK)
+            goto out;
+        if (scope_prefix)
+            sqlite3_bind_text(st, 1, scope_prefix, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, now_ms);
+        sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            goto out;
+        sqlite3_finalize(st);
+        st = NULL;
+    }
     if (max_bytes > 0) {
         /* Over the size cap: the oldest go, in slices. */
         if (sqlite3_prepare_v2(

@@ -692,3 +692,51 @@ export function fakeChatCost(bodyText, words, price = GPT4O_MINI) {
 export function chatBody({ model = 'gpt-4o-mini', content = 'hello', maxTokens = 16, extra = {} } = {}) {
   return JSON.stringify({ model, messages: [{ role: 'user', content }], max_tokens: maxTokens, ...extra });
 }
+
+/* ------------------------------------------------------------------ */
+/* replay helpers (replay.test.mjs, incident.test.mjs)                 */
+
+/** Queue a fault on the fake provider: its next `count` API requests get
+ *  it (POST /_fake/faults). */
+export async function fakeFaultQueue(env, fault, count = 1) {
+  const r = await request('POST', `${env.fakeUrl}/_fake/faults`, { body: { fault, count } });
+  assert.equal(r.status, 200, `queueing fault ${fault}: ${r.text}`);
+  return r.json;
+}
+
+/** Empty the fake provider's fault queue (DELETE /_fake/faults). */
+export async function fakeFaultsClear(env) {
+  const r = await request('DELETE', `${env.fakeUrl}/_fake/faults`);
+  assert.equal(r.status, 200, `clearing faults: ${r.text}`);
+  return r.json;
+}
+
+/** `fusebox ARGS --config <env's config>` to its end: {code, stdout,
+ *  stderr}; fails the test if it printed a sanitizer report. */
+export async function cliRun(env, args, opts = {}) {
+  const r = await run([...args, '--config', env.configPath], opts);
+  env.checkText(`fusebox ${args.join(' ')}`, r.stderr);
+  return r;
+}
+
+/** Was this answer served from a kept result? Takes node's header object
+ *  or a fetch Headers (what the SDKs' withResponse() gives). */
+export function replayedHeader(headers) {
+  const v = typeof headers?.get === 'function' ? headers.get('x-fusebox-replayed')
+    : headers?.['x-fusebox-replayed'];
+  return v === undefined ? null : v;
+}
+
+/** Poll `fusebox spend --json` until scope's row satisfies pred (and
+ *  nothing is in flight), then return a fresh read of that row. Replays
+ *  and refusals are recorded just after they are answered, so a read
+ *  right after the last answer may not see them yet. */
+export async function spendRowWhen(env, scope, pred, { timeoutMs = 5000, args = [] } = {}) {
+  let last = null;
+  await waitFor(async () => {
+    const s = await env.spend(args);
+    last = s.scopes.find((x) => x.scope === scope) || null;
+    return last && pico(last.in_flight_usd) === 0n && pred(last);
+  }, { timeoutMs, message: () => `spend row ${scope} to match (last: ${safeJson(last)})` });
+  return env.scope(scope, args);
+}
