@@ -141,7 +141,7 @@ describe('budgets', () => {
     assert.equal(BigInt(job.spent_pico), 0n);
   });
 
-  it('200 concurrent calls never spend past the job ceiling', async () => {
+  it('200 concurrent calls never spend past the job ceiling', async (t) => {
     const key = await env.createKey({ tenant: 'acme', job: 'conc' });
     const b0 = await env.billing();
     const N = CONC_N;
@@ -162,6 +162,10 @@ describe('budgets', () => {
 
     // Every paid call costs CONC_COST, so at most budget / cost fit ...
     const maxOk = CONC_BUDGET / CONC_COST;
+    const bNow = await env.billing();
+    t.diagnostic(`200 concurrent: ${ok} paid, ${refused} refused (402); provider billed ` +
+      `${bNow.billed_usd} USD against a ${usd(CONC_BUDGET)} USD ceiling ` +
+      `(${CONC_FIT} worst cases fit)`);
     assert.ok(BigInt(ok) <= maxOk, `${ok} calls succeeded, at most ${maxOk} fit`);
     assert.ok(refused >= 1, 'no call was refused');
     // ... and a refusal means at least budget / worst were admitted.
