@@ -575,6 +575,17 @@ static int scope_of(const fb_config *c, int global, const char *tenant,
     return 0;
 }
 
+/* A reset clears a trip and the rerun guard's memory of deterministic
+ * failures; either is enough to call it done. */
+static fb_err reset_scope(fb_store *s, const char *scope)
+{
+    fb_err t = fb_store_trip_clear(s, scope);
+    fb_err r = fb_store_runs_clear(s, scope);
+    if (r != FB_OK)
+        return r;
+    return t == FB_ENOTFOUND ? FB_OK : t;
+}
+
 /* fusebox trip|reset [--global | --tenant T | --job J [--tenant T] |
  * --key ID] [--reason TEXT]: an emergency stop that running daemons apply
  * within a second (and keep across restarts), and its undoing. */
@@ -627,7 +638,7 @@ int fb_cli_trip(int argc, char **argv, int set)
         snprintf(subject, sizeof subject, "%s", scope);
     if ((err = fb_store_begin(s)) == FB_OK &&
         (err = set ? fb_store_trip_set(s, scope, reason, fb_wall_ms())
-                   : fb_store_trip_clear(s, scope)) == FB_OK &&
+                   : reset_scope(s, scope)) == FB_OK &&
         (err = fb_store_change_add(s, set ? "trip" : "reset", subject)) ==
             FB_OK)
         err = fb_store_commit(s);

@@ -920,8 +920,9 @@ out:
 /* A job is "{budget: 5/day}" or just "5/day". */
 static fb_err job(ctx *x, const entry *e, const char *twhere, fb_job_conf *j)
 {
-    field f[] = {{.name = "budget"}};
+    field f[] = {{.name = "budget"}, {.name = "max_runs_per_day"}};
     char where[2 * NAME_MAX_LEN + 64], fw[2 * NAME_MAX_LEN + 96];
+    int64_t runs = 0;
     fb_err rc;
 
     snprintf(where, sizeof where, "%s.jobs.%.*s", twhere, (int)e->len, e->name);
@@ -932,6 +933,12 @@ static fb_err job(ctx *x, const entry *e, const char *twhere, fb_job_conf *j)
                     is_null(e->val) ? "nothing" : kind_name(e->val));
     if ((rc = take_fields(x, e->val, where, f, FB_ARRAY_LEN(f))) != FB_OK)
         return rc;
+    if (f[1].val != NULL) {
+        snprintf(fw, sizeof fw, "%s.max_runs_per_day", where);
+        if ((rc = int_value(x, f[1].val, fw, 1, 1000000, &runs)) != FB_OK)
+            return rc;
+        j->max_runs_per_day = (int)runs;
+    }
     if (f[0].val == NULL)
         return FB_OK;
     snprintf(fw, sizeof fw, "%s.budget", where);

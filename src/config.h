@@ -50,6 +50,7 @@ typedef struct fb_provider_conf {
 typedef struct fb_job_conf {
     char *name;
     fb_budget_spec budget;
+    int max_runs_per_day; /* fusebox run's rerun guard; 0: no limit */
 } fb_job_conf;
 
 typedef struct fb_tenant_conf {

@@ -109,6 +109,7 @@ typedef struct fake_srv {
     struct event *sig_term;
     struct event *sig_int;
     fb_prices *prices;
+    int any_model; /* --any-model: unknown models answer, billed at 0 */
     const char *openai_key;
     const char *anthropic_key;
     const char *generic_key;
@@ -982,6 +983,16 @@ out:
     return rc;
 }
 
+
+/* The price of a model; with --any-model (fusebox run --staging), an
+ * unknown model answers too, at no price. */
+static const fb_price *fake_price(const fake_srv *srv, const char *model)
+{
+    static const fb_price zero;
+    const fb_price *p = fb_prices_find(srv->prices, model);
+    return p != NULL || !srv->any_model ? p : &zero;
+}
+
 static void handle_chat(fake_call *fc)
 {
     fake_srv *srv = fc->srv;
@@ -1011,7 +1022,7 @@ static void handle_chat(fake_call *fc)
                     "messages", "missing_required_parameter");
         return;
     }
-    price = fb_prices_find(srv->prices, json_string_value(model_j));
+    price = fake_price(srv, json_string_value(model_j));
     if (price == NULL) {
         snprintf(msg, sizeof(msg),
                  "The model `%.100s` does not exist or you do not have "
@@ -1233,7 +1244,7 @@ static void handle_responses(fake_call *fc)
                     "missing_required_parameter");
         return;
     }
-    price = fb_prices_find(srv->prices, json_string_value(model_j));
+    price = fake_price(srv, json_string_value(model_j));
     if (price == NULL) {
         snprintf(msg, sizeof(msg),
                  "The model `%.100s` does not exist or you do not have "
@@ -1367,7 +1378,7 @@ static void handle_embeddings(fake_call *fc)
             return;
         }
     }
-    price = fb_prices_find(srv->prices, json_string_value(model_j));
+    price = fake_price(srv, json_string_value(model_j));
     if (price == NULL) {
         snprintf(msg, sizeof(msg),
                  "The model `%.100s` does not exist or you do not have "
@@ -1508,7 +1519,7 @@ static void handle_messages(fake_call *fc)
         bad_request(op, 400, "messages: Field required", NULL, NULL);
         return;
     }
-    price = fb_prices_find(srv->prices, json_string_value(model_j));
+    price = fake_price(srv, json_string_value(model_j));
     if (price == NULL) {
         snprintf(msg, sizeof(msg), "model: %.100s", json_string_value(model_j));
         bad_request(op, 404, msg, NULL, NULL);
@@ -1934,7 +1945,7 @@ static void print_usage(FILE *f)
           "[--openai-key K]\n"
           "         [--anthropic-key K] [--generic-key K] "
           "[--generic-price USD]\n"
-          "         [--generic-count-field NAME] [--prices FILE]\n"
+          "         [--generic-count-field NAME] [--prices FILE] [--any-model]\n"
           "A fake OpenAI/Anthropic/per-call provider for tests. Port 0 picks "
           "a free\nport; the ready line is \"fake-provider listening on "
           "HOST:PORT\".\n",
@@ -1995,6 +2006,10 @@ int fb_fake_main(int argc, char **argv)
             print_usage(stdout);
             rc = 0;
             goto out;
+        }
+        if (strcmp(arg, "--any-model") == 0) {
+            srv.any_model = 1;
+            continue;
         }
         for (k = 0; k < FB_ARRAY_LEN(opts); k++) {
             nlen = strlen(opts[k]);

@@ -201,6 +201,35 @@ fb_err fb_store_trips(fb_store *s,
                                 const char *reason, int64_t ts_ms),
                       void *arg);
 
+/* ---- runs: each invocation of fusebox run, for its rerun guard ---- */
+typedef enum fb_run_refusal {
+    FB_RUN_OK = 0,
+    FB_RUN_TOO_MANY,     /* max_runs_per_day reached today */
+    FB_RUN_FAILED_TODAY, /* the same job (identity) failed deterministically
+                            today and nobody reset it */
+} fb_run_refusal;
+
+/* Record a new run of scope ("job:T/J") with this identity (a hash of the
+ * command, its preflights and its files). *refused says whether the guard
+ * refuses it (the run is recorded as refused); *attempts_before the
+ * attempts its earlier runs made today. */
+fb_err fb_store_run_begin(fb_store *s, const char *scope,
+                          const uint8_t identity[32], int64_t now_ms,
+                          int max_runs, fb_run_refusal *refused,
+                          int64_t *run_id, int64_t *attempts_before);
+fb_err fb_store_run_end(fb_store *s, int64_t run_id, const char *outcome,
+                        int exit_code, int attempts, int64_t now_ms);
+/* fusebox reset: earlier deterministic failures no longer block reruns. */
+fb_err fb_store_runs_clear(fb_store *s, const char *scope);
+/* Calls, reserved and settled cost per (provider, model, path) of the
+ * paid (or in-flight) calls that f selects. */
+fb_err fb_store_breakdown(fb_store *s, const fb_spend_filter *f,
+                          int (*fn)(void *arg, const char *provider,
+                                    const char *model, const char *path,
+                                    int64_t calls, fb_money reserved,
+                                    fb_money cost),
+                          void *arg);
+
 fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject);
 /* Changes with seq > after, in order; fn may stop early by returning != 0. */
 fb_err fb_store_changes(fb_store *s, int64_t after,

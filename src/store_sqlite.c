@@ -143,6 +143,13 @@ static const char schema_v2[] =
     "CREATE INDEX IF NOT EXISTS results_expiry ON results(expires_ms);"
     "CREATE TABLE IF NOT EXISTS trips("
     " scope TEXT PRIMARY KEY, reason TEXT NOT NULL, ts_ms INTEGER NOT NULL);"
+    /* fusebox run: every invocation, for the rerun guard */
+    "CREATE TABLE IF NOT EXISTS runs("
+    " id INTEGER PRIMARY KEY, scope TEXT NOT NULL, identity BLOB NOT NULL,"
+    " started_ms INTEGER NOT NULL, ended_ms INTEGER, outcome TEXT NOT NULL,"
+    " exit_code INTEGER, attempts INTEGER NOT NULL DEFAULT 0,"
+    " cleared INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX IF NOT EXISTS runs_scope ON runs(scope, started_ms);"
     "PRAGMA user_version=2;";
 
 #define SCHEMA_VERSION 2
@@ -924,6 +931,130 @@ fb_err fb_store_trips(fb_store *s,
         if (fn(arg, (const char *)sqlite3_column_text(st, 0),
                (const char *)sqlite3_column_text(st, 1),
                sqlite3_column_int64(st, 2)) != 0)
+            break;
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* ---- runs (fusebox run) ---- */
+
+fb_err fb_store_run_begin(fb_store *s, const char *scope,
+                          const uint8_t identity[32], int64_t now_ms,
+                          int max_runs, fb_run_refusal *refused,
+                          int64_t *run_id, int64_t *attempts_before)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int64_t day = now_ms - now_ms % 86400000, runs = 0;
+    *refused = FB_RUN_OK;
+    *run_id = 0;
+    *attempts_before = 0;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT COUNT(CASE WHEN outcome<>'refused' THEN 1 END),"
+                           " COALESCE(SUM(attempts),0),"
+                           " COUNT(CASE WHEN outcome IN ('deterministic',"
+                           "'preflight') AND identity=?3 AND cleared=0 THEN 1 END)"
+                           " FROM runs WHERE scope=?1 AND started_ms>=?2",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, day);
+    sqlite3_bind_blob(st, 3, identity, 32, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW)
+        goto out;
+    runs = sqlite3_column_int64(st, 0);
+    *attempts_before = sqlite3_column_int64(st, 1);
+    if (sqlite3_column_int64(st, 2) > 0)
+        *refused = FB_RUN_FAILED_TODAY;
+    else if (max_runs > 0 && runs >= max_runs)
+        *refused = FB_RUN_TOO_MANY;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO runs(scope,identity,started_ms,outcome)"
+                           " VALUES(?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, identity, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_text(st, 4, *refused ? "refused" : "running", -1,
+                      SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto out;
+    *run_id = sqlite3_last_insert_rowid(s->db);
+    err = FB_OK;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_run_end(fb_store *s, int64_t run_id, const char *outcome,
+                        int exit_code, int attempts, int64_t now_ms)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE runs SET outcome=?, exit_code=?, attempts=?,"
+                           " ended_ms=? WHERE id=?",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, outcome, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, exit_code);
+    sqlite3_bind_int(st, 3, attempts);
+    sqlite3_bind_int64(st, 4, now_ms);
+    sqlite3_bind_int64(st, 5, run_id);
+    err = sqlite3_step(st) == SQLITE_DONE ? FB_OK : FB_EIO;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_runs_clear(fb_store *s, const char *scope)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    if (sqlite3_prepare_v2(s->db, "UPDATE runs SET cleared=1 WHERE scope=?",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    err = sqlite3_step(st) == SQLITE_DONE ? FB_OK : FB_EIO;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_breakdown(fb_store *s, const fb_spend_filter *f,
+                          int (*fn)(void *arg, const char *provider,
+                                    const char *model, const char *path,
+                                    int64_t calls, fb_money reserved,
+                                    fb_money cost),
+                          void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int rc;
+    if (sqlite3_prepare_v2(
+            s->db,
+            "SELECT provider, COALESCE(model,''), COALESCE(path,''), COUNT(*),"
+            " SUM(reserved), SUM(cost) FROM ledger WHERE ts_ms>=?1 AND"
+            " (?2=0 OR ts_ms<?2) AND (?3 IS NULL OR tenant=?3) AND"
+            " (?4 IS NULL OR job=?4) AND state IN (0,1)"
+            " GROUP BY 1,2,3 ORDER BY 1,2,3",
+            -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, f->since_ms);
+    sqlite3_bind_int64(st, 2, f->until_ms);
+    bind_opt(st, 3, f->tenant);
+    bind_opt(st, 4, f->job);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+               (const char *)sqlite3_column_text(st, 1),
+               (const char *)sqlite3_column_text(st, 2),
+               sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4),
+               sqlite3_column_int64(st, 5)) != 0)
             break;
     err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
 out:
