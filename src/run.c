@@ -81,17 +81,20 @@ typedef struct run_ctx {
     attempt_rec rec[64];
     int nrec;
     const char *stopped; /* why it stopped, for the summary */
+    const char *failed_preflight;
     int exit_code;
 } run_ctx;
 
 static volatile sig_atomic_t got_signal;
-static volatile pid_t child_pid;
+static volatile pid_t child_pid; /* also its process group */
 
+/* Pass the signal on to the job's whole process group: a shell script's
+ * worker gets it too, not only the shell. */
 static void on_signal(int sig)
 {
     got_signal = sig;
     if (child_pid > 0)
-        kill(child_pid, sig);
+        kill(-child_pid, sig);
 }
 
 int64_t fb_backoff_ms(int64_t base_ms, int64_t cap_ms, int attempt,
@@ -128,7 +131,8 @@ static void print_http_status(void)
            "65    deterministic failure: do not retry          422\n"
            "78    preflight failed or rerun refused: fix first 422\n"
            "69    a budget or retry budget stopped the job     402\n"
-           "75    transient failures used up the attempts      503\n");
+           "75    transient failures used up the attempts      503\n"
+           "128+N interrupted by signal N                     503\n");
 }
 
 static int http_status_of(int code)
@@ -137,7 +141,9 @@ static int http_status_of(int code)
     case FB_EXIT_OK: return 200;
     case FB_EXIT_BUDGET: return 402;
     case FB_EXIT_TEMPFAIL: return 503;
-    default: return 422;
+    case FB_EXIT_DETERMINISTIC:
+    case FB_EXIT_CONFIG: return 422;
+    default: return 503; /* interrupted (128+N) or broken: try later */
     }
 }
 
@@ -316,10 +322,12 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
         return -1;
     }
     if (pid == 0) {
+        setpgid(0, 0);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
         signal(SIGQUIT, SIG_DFL);
+        signal(SIGTTOU, SIG_DFL);
         dup2(err[1], 2);
         close(err[0]);
         close(err[1]);
@@ -333,16 +341,37 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
                 strerror(errno));
         _exit(127);
     }
+    setpgid(pid, pid); /* also here: no race with the child's own call */
     child_pid = pid;
+    /* A job run from a terminal keeps it: its group becomes the
+     * foreground one (and we take it back after). */
+    int tty = isatty(0) && tcgetpgrp(0) == getpgrp();
+    if (tty) {
+        signal(SIGTTOU, SIG_IGN);
+        tcsetpgrp(0, pid);
+    }
     if (got_signal) /* arrived before the child existed */
-        kill(pid, got_signal);
+        kill(-pid, got_signal);
     close(err[1]);
+    fcntl(err[0], F_SETFL, fcntl(err[0], F_GETFL) | O_NONBLOCK);
     size_t len = 0;
     char buf[8192];
+    int exited = 0, st = 0;
     for (;;) {
+        /* Until the job's main process ends; what it left running in the
+         * background may hold stderr open, and is not waited for. */
+        if (!exited && waitpid(pid, &st, WNOHANG) == pid)
+            exited = 1;
         ssize_t n = read(err[0], buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && errno == EAGAIN) {
+            if (exited)
+                break;
+            struct pollfd p = {err[0], POLLIN, 0};
+            poll(&p, 1, 50);
+            continue;
+        }
         if (n <= 0)
             break;
         ssize_t w = write(2, buf, (size_t)n);
@@ -360,7 +389,15 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
         }
     }
     close(err[0]);
-    int rc = wait_child(pid, status);
+    int rc = 0;
+    if (exited)
+        *status = st;
+    else
+        rc = wait_child(pid, status);
+    if (tty) {
+        tcsetpgrp(0, getpgrp());
+        signal(SIGTTOU, SIG_DFL);
+    }
     child_pid = 0;
     if (tail_len)
         *tail_len = len;
@@ -534,6 +571,9 @@ static json_t *summary(run_ctx *x, const fb_spend *sp, json_t *staging)
     json_object_set_new(o, "saved_usd", json_string(buf));
     json_object_set_new(o, "saved_pico", json_integer(sp->saved));
     json_object_set_new(o, "stopped_because", json_string(x->stopped));
+    if (x->failed_preflight)
+        json_object_set_new(o, "failed_preflight",
+                            json_string(x->failed_preflight));
     json_object_set_new(o, "exit_code", json_integer(x->exit_code));
     json_object_set_new(o, "http_status",
                         json_integer(http_status_of(x->exit_code)));
@@ -832,7 +872,10 @@ static int start_gateway(run_ctx *x)
     snprintf(log, sizeof log, "%s/gateway.log", x->tmpdir);
     x->gw_pid = start_helper(x, gargv, log, addr, sizeof addr);
     if (x->gw_pid <= 0) {
-        fprintf(stderr, "fusebox run: the gateway did not start; its log:\n");
+        x->exit_code = FB_EXIT_CONFIG; /* retrying the same way cannot help */
+        fprintf(stderr, "fusebox run: the gateway did not start (is a "
+                        "fusebox serve already using this store? then drop "
+                        "--serve); its log:\n");
         FILE *f = fopen(log, "r");
         char line[512];
         while (f && fgets(line, sizeof line, f))
@@ -885,6 +928,7 @@ static int attempt(run_ctx *x, fb_store *keys, int n, int64_t backoff)
                     "nothing was paid)\n",
                     x->preflights[i]);
             x->stopped = "a preflight failed";
+            x->failed_preflight = x->preflights[i];
             return FB_EXIT_CONFIG;
         }
     }
@@ -913,6 +957,15 @@ static int attempt(run_ctx *x, fb_store *keys, int n, int64_t backoff)
         x->stopped = "the job could not be run";
         return 1;
     }
+    if (got_signal) { /* passed on to the job: whatever it did, it was
+                         interrupted */
+        r->exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        r->term_signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        r->v.cls = FB_FAIL_UNKNOWN;
+        snprintf(r->v.rule, sizeof r->v.rule, "interrupted");
+        x->stopped = "interrupted";
+        return 128 + got_signal;
+    }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         r->exit_status = 0;
         x->stopped = "the job succeeded";
@@ -924,10 +977,6 @@ static int attempt(run_ctx *x, fb_store *keys, int n, int64_t backoff)
                 &r->v);
     fprintf(stderr, "fusebox run: attempt %d failed: %s (rule %s)\n", n,
             fb_fail_class_name(r->v.cls), r->v.rule);
-    if (got_signal) {
-        x->stopped = "interrupted";
-        return r->term_signal ? 128 + r->term_signal : 128 + got_signal;
-    }
     switch (r->v.cls) {
     case FB_FAIL_DETERMINISTIC:
         x->stopped = "a deterministic failure: retrying cannot help";
@@ -1019,9 +1068,8 @@ int fb_run_main(int argc, char **argv)
         }
     }
     if (start_gateway(&x) != 0) {
-        fprintf(stderr, "fusebox run: cannot start the gateway\n");
         x.stopped = "the gateway did not start";
-        x.exit_code = rc = 1;
+        x.exit_code = rc = FB_EXIT_CONFIG;
         goto report;
     }
     if (x.staging) {

@@ -206,7 +206,8 @@ typedef enum fb_run_refusal {
     FB_RUN_OK = 0,
     FB_RUN_TOO_MANY,     /* max_runs_per_day reached today */
     FB_RUN_FAILED_TODAY, /* the same job (identity) failed deterministically
-                            today and nobody reset it */
+                            today (not a preflight: those run again) and
+                            nobody reset it */
 } fb_run_refusal;
 
 /* Record a new run of scope ("job:T/J") with this identity (a hash of the

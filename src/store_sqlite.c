@@ -954,8 +954,10 @@ fb_err fb_store_run_begin(fb_store *s, const char *scope,
     if (sqlite3_prepare_v2(s->db,
                            "SELECT COUNT(CASE WHEN outcome<>'refused' THEN 1 END),"
                            " COALESCE(SUM(attempts),0),"
-                           " COUNT(CASE WHEN outcome IN ('deterministic',"
-                           "'preflight') AND identity=?3 AND cleared=0 THEN 1 END)"
+                           /* a failed preflight does not count: preflights
+                            * cost nothing and run again first */
+                           " COUNT(CASE WHEN outcome='deterministic' AND"
+                           " identity=?3 AND cleared=0 THEN 1 END)"
                            " FROM runs WHERE scope=?1 AND started_ms>=?2",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
