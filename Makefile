@@ -2,6 +2,7 @@
 #   make            build build/fusebox
 #   make test       unit tests (cmocka) and black-box tests (node:test)
 #   make demo       a job hitting its ceiling, against the fake provider
+#   make demo-incident  a failing job rerun by a naive queue, three ways
 #   make SANITIZE=1 ASan + UBSan build (into build-san/)
 #   make install PREFIX=/usr/local
 
@@ -31,7 +32,9 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) $(PKG_CFLAGS) $(CFLAGS) 
 LDLIBS = $(PKG_LIBS) -lpthread -lm
 
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
-LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
+# Data compiled in: data/classify.rules as a C string (scripts/embed.sh).
+GEN_SRC := $(BUILD)/gen/classify_rules.c
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/classify_rules.o
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -39,7 +42,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e demo install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e demo demo-incident install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -47,6 +50,14 @@ deps:
 	@scripts/deps.sh
 
 $(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/gen/classify_rules.c: data/classify.rules scripts/embed.sh
+	@mkdir -p $(dir $@)
+	scripts/embed.sh fb_classify_rules_builtin < $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
@@ -73,16 +84,21 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo.sh $(abspath $(BUILD)/fusebox)
+	@echo; echo "Next: make demo-incident (a failing job rerun 21 times by a naive queue: bare, through fusebox, under fusebox run)"
+
+demo-incident: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/demo-incident.sh $(abspath $(BUILD)/fusebox)
 
 valgrind: deps
 	@$(MAKE) --no-print-directory all
 	@FUSEBOX_VALGRIND=1 FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) scripts/run-e2e.sh
 
 # libFuzzer targets (clang): every parser of outside bytes.
-build-fuzz/%: fuzz/%.c $(LIB_SRC)
+build-fuzz/%: fuzz/%.c $(LIB_SRC) $(GEN_SRC)
 	@mkdir -p build-fuzz
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
-	    -Isrc $(PKG_CFLAGS) $< $(LIB_SRC) -o $@ $(LDLIBS)
+	    -Isrc $(PKG_CFLAGS) $< $(LIB_SRC) $(GEN_SRC) -o $@ $(LDLIBS)
 
 # Fuzz each target for FUZZ_SECONDS.
 fuzz: $(FUZZ_BIN)
