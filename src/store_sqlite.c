@@ -789,51 +789,57 @@ out:
     return err;
 }
 
+/* Delete from table (results or idem_keys) what a purge names: a scope,
+ * a scope prefix, or (neither) up to limit rows expired at now_ms. */
+static fb_err purge_table(fb_store *s, const char *table, const char *scope,
+                          int prefix, int64_t now_ms, int64_t limit,
+                          int64_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    char sql[256];
+    fb_err err = FB_EIO;
+    if (prefix)
+        snprintf(sql, sizeof sql,
+                 "DELETE FROM %s WHERE substr(scope,1,length(?1))=?1", table);
+    else if (scope)
+        snprintf(sql, sizeof sql, "DELETE FROM %s WHERE scope=?1", table);
+    else
+        snprintf(sql, sizeof sql,
+                 "DELETE FROM %s WHERE rowid IN (SELECT rowid FROM %s WHERE "
+                 "expires_ms<=?2 ORDER BY expires_ms LIMIT ?3)",
+                 table, table);
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    if (scope)
+        sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms);
+    sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto out;
+    *n = sqlite3_changes(s->db);
+    err = FB_OK;
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
 fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
                               const char *scope_prefix, int64_t max_bytes,
                               int64_t limit, int64_t *n)
 {
     sqlite3_stmt *st = NULL;
     fb_err err = FB_EIO;
+    int64_t keys = 0;
     *n = 0;
     /* A scope ending in '/' (a tenant's jobs) or empty (all) is a prefix;
      * any other names one scope exactly ("job:t/pg" is not "job:t/pg2"). */
     size_t pl = scope_prefix ? strlen(scope_prefix) : 0;
     int prefix = scope_prefix && (pl == 0 || scope_prefix[pl - 1] == '/');
-    const char *sql =
-        prefix ? "DELETE FROM results WHERE substr(scope,1,length(?1))=?1"
-        : scope_prefix
-            ? "DELETE FROM results WHERE scope=?1"
-            : "DELETE FROM results WHERE id IN (SELECT id FROM results "
-              "WHERE expires_ms<=?2 ORDER BY expires_ms LIMIT ?3)";
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+    if (purge_table(s, "results", scope_prefix, prefix, now_ms, limit, n) !=
+            FB_OK ||
+        purge_table(s, "idem_keys", scope_prefix, prefix, now_ms, limit,
+                    &keys) != FB_OK)
         goto out;
-    if (scope_prefix)
-        sqlite3_bind_text(st, 1, scope_prefix, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now_ms);
-    sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
-    if (sqlite3_step(st) != SQLITE_DONE)
-        goto out;
-    *n = sqlite3_changes(s->db);
-    sqlite3_finalize(st);
-    st = NULL;
-    {
-        const char *isql =
-            prefix ? "DELETE FROM idem_keys WHERE substr(scope,1,length(?1))=?1"
-            : scope_prefix ? "DELETE FROM idem_keys WHERE scope=?1"
-                           : "DELETE FROM idem_keys WHERE rowid IN (SELECT rowid "
-                             "FROM idem_keys WHERE expires_ms<=?2 LIMIT ?3)";
-        if (sqlite3_prepare_v2(s->db, isql, -1, &st, NULL) != SQLITE_OK)
-            goto out;
-        if (scope_prefix)
-            sqlite3_bind_text(st, 1, scope_prefix, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, now_ms);
-        sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
-        if (sqlite3_step(st) != SQLITE_DONE)
-            goto out;
-        sqlite3_finalize(st);
-        st = NULL;
-    }
     if (max_bytes > 0) {
         /* Over the size cap: the oldest go, in slices. */
         if (sqlite3_prepare_v2(
