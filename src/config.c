@@ -628,32 +628,40 @@ static fb_err listen_value(ctx *x, const yaml_node_t *n, fb_config *c)
 
 /* ---- sections -------------------------------------------------------- */
 
-static fb_err prices_section(ctx *x, yaml_node_t *n, fb_config *c)
+/* A sequence of strings (value() reads each: plain or a path) into *out. */
+static fb_err string_seq(ctx *x, yaml_node_t *n, const char *name,
+                         fb_err (*value)(ctx *, const yaml_node_t *,
+                                         const char *, char **),
+                         char ***out, size_t *count)
 {
-    char where[32];
+    char where[64];
     fb_err rc;
     if (is_null(n))
         return FB_OK;
     if (n->type != YAML_SEQUENCE_NODE)
-        return fail(x, n, "prices", "expected a sequence, got %s",
-                    kind_name(n));
+        return fail(x, n, name, "expected a sequence, got %s", kind_name(n));
     size_t cap =
         (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
     if (cap == 0)
         return FB_OK;
-    if ((c->prices = calloc(cap, sizeof *c->prices)) == NULL)
+    if ((*out = calloc(cap, sizeof **out)) == NULL)
         return nomem(x);
     for (yaml_node_item_t *it = n->data.sequence.items.start;
          it < n->data.sequence.items.top; it++) {
         yaml_node_t *item;
-        snprintf(where, sizeof where, "prices[%zu]", c->nprices);
+        snprintf(where, sizeof where, "%s[%zu]", name, *count);
         if ((rc = node_at(x, *it, n, where, &item)) != FB_OK)
             return rc;
-        if ((rc = path_value(x, item, where, &c->prices[c->nprices])) != FB_OK)
+        if ((rc = value(x, item, where, &(*out)[*count])) != FB_OK)
             return rc;
-        c->nprices++;
+        (*count)++;
     }
     return FB_OK;
+}
+
+static fb_err prices_section(ctx *x, yaml_node_t *n, fb_config *c)
+{
+    return string_seq(x, n, "prices", path_value, &c->prices, &c->nprices);
 }
 
 static fb_err model_price(ctx *x, const entry *e, fb_model_price_conf *m)
@@ -1081,32 +1089,8 @@ static fb_err limits_section(ctx *x, yaml_node_t *n, fb_config *c)
 
 static fb_err ignore_list(ctx *x, yaml_node_t *n, fb_config *c)
 {
-    char where[48];
-    fb_err rc;
-    if (is_null(n))
-        return FB_OK;
-    if (n->type != YAML_SEQUENCE_NODE)
-        return fail(x, n, "replay.ignore_fields", "expected a sequence, got %s",
-                    kind_name(n));
-    size_t cap =
-        (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
-    if (cap == 0)
-        return FB_OK;
-    if ((c->replay_ignore = calloc(cap, sizeof *c->replay_ignore)) == NULL)
-        return nomem(x);
-    for (yaml_node_item_t *it = n->data.sequence.items.start;
-         it < n->data.sequence.items.top; it++) {
-        yaml_node_t *item;
-        snprintf(where, sizeof where, "replay.ignore_fields[%zu]",
-                 c->nreplay_ignore);
-        if ((rc = node_at(x, *it, n, where, &item)) != FB_OK)
-            return rc;
-        if ((rc = str_value(x, item, where,
-                            &c->replay_ignore[c->nreplay_ignore])) != FB_OK)
-            return rc;
-        c->nreplay_ignore++;
-    }
-    return FB_OK;
+    return string_seq(x, n, "replay.ignore_fields", str_value,
+                      &c->replay_ignore, &c->nreplay_ignore);
 }
 
 static fb_err replay_section(ctx *x, yaml_node_t *n, fb_config *c)
