@@ -167,7 +167,7 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
     int chat = ends_with(path, "/chat/completions");
     int resp = ends_with(path, "/responses");
     int emb = ends_with(path, "/embeddings");
-    int compl = !chat && ends_with(path, "/completions");
+    int legacy = !chat && ends_with(path, "/completions");
     int64_t out = 0, n = 1;
 
     (void)pc;
@@ -175,7 +175,7 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
         call->free_route = 1;
         return FB_REFUSE_NONE;
     }
-    if (strcmp(method, "POST") != 0 || !(chat || resp || emb || compl)) {
+    if (strcmp(method, "POST") != 0 || !(chat || resp || emb || legacy)) {
         snprintf(msg, cap,
                  "%s %s has no known price; fusebox forwards only priced "
                  "routes",
@@ -219,10 +219,10 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
             goto out;
         }
         int64_t best = 0;
-        if (compl && int_field(root, "best_of", &best) > 0 && best > n)
+        if (legacy && int_field(root, "best_of", &best) > 0 && best > n)
             n = best > 128 ? 128 : best;
         /* Legacy completions: an array of prompts answers each one. */
-        json_t *pr = compl ? json_object_get(root, "prompt") : NULL;
+        json_t *pr = legacy ? json_object_get(root, "prompt") : NULL;
         if (json_is_array(pr) && json_array_size(pr) > 0 &&
             !json_is_integer(json_array_get(pr, 0)))
             n *= (int64_t)json_array_size(pr);
@@ -238,7 +238,7 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
     }
     /* A chat stream reports usage only when asked; ask for it, and
      * remember to drop that extra chunk if the client did not. */
-    if ((chat || compl) && call->stream) {
+    if ((chat || legacy) && call->stream) {
         json_t *so = json_object_get(root, "stream_options");
         if (!json_is_true(json_object_get(so, "include_usage"))) {
             if (!json_is_object(so)) {
