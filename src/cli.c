@@ -601,9 +601,9 @@ int fb_cli_trip(int argc, char **argv, int set)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *cfg = NULL, *tenant = NULL, *job = NULL, *key = NULL;
-    const char *reason = "tripped by hand";
+    const char *reason = "emergency stop";
     int global = 0, o, rc = 2;
-    char scope[2 * FB_NAME_MAX + 16], subject[256];
+    char scope[2 * FB_NAME_MAX + 16], subject[512];
     fb_config *c = NULL;
     fb_store *s = NULL;
     fb_err err;
@@ -632,6 +632,11 @@ int fb_cli_trip(int argc, char **argv, int set)
     rc = 1;
     if ((s = open_store(c)) == NULL)
         goto out;
+    /* A trip by hand is an emergency stop; its reason says so (the gateway
+     * lets replays through only trips it made for a retry budget). */
+    char why[200];
+    snprintf(why, sizeof why, "by hand: %s", reason);
+    reason = why;
     if (set)
         snprintf(subject, sizeof subject, "%s\t%s", scope, reason);
     else

@@ -120,6 +120,8 @@ typedef struct gw_req {
     uint8_t iflight[32];
     int ileading;           /* leads the flight on the Idempotency-Key */
     void (*resume)(struct gw_req *); /* a waiter's next step */
+    enum { WAIT_NONE, WAIT_FLIGHT, WAIT_IFLIGHT, WAIT_OCC } waiting;
+    int via_idem;           /* answered through its Idempotency-Key */
     int retry;              /* the client marks it a retry */
     struct evbuffer *keep;  /* a stream's forwarded bytes, to keep */
     char *held;             /* a stream's last event, sent once kept */
@@ -150,6 +152,7 @@ static void resume_waiters(gateway *g, const uint8_t key[32])
      * them leads the next attempt. */
     for (size_t i = 0; i < n; i++) {
         gw_req *x = w[i];
+        x->waiting = WAIT_NONE;
         x->resume(x);
     }
     free(w);
@@ -203,6 +206,22 @@ static void on_client_close(void *arg)
 {
     gw_req *gr = arg;
     gr->client_gone = 1;
+    /* A waiter in a queue holds memory until its leader is done, which
+     * may take minutes: one whose client left goes now. */
+    int left = 0;
+    if (gr->waiting == WAIT_FLIGHT)
+        left = fb_flight_leave(gr->g->replay, gr->flight, gr);
+    else if (gr->waiting == WAIT_IFLIGHT)
+        left = fb_flight_leave(gr->g->replay, gr->iflight, gr);
+    else if (gr->waiting == WAIT_OCC)
+        left = fb_occ_leave(gr->g->replay, gr->occ, gr);
+    if (left) {
+        gr->waiting = WAIT_NONE;
+        fb_req_reply(gr->req, 499, NULL, NULL, "", 0);
+        gr->req = NULL;
+        finish(gr);
+        return;
+    }
     /* Keep reading: the provider bills the whole answer. */
     resume_upstream(gr);
 }
@@ -456,6 +475,8 @@ static void stream_event(gw_req *gr, const char *ev, size_t len)
         if (evbuffer_get_length(gr->keep) + len > MAX_KEPT_BYTES) {
             evbuffer_free(gr->keep); /* too large to keep: just pass on */
             gr->keep = NULL;
+            fb_req_stream_write(gr->req, gr->held, gr->held_len);
+            gr->held_len = 0;
         } else {
             evbuffer_add(gr->keep, ev, len);
         }
@@ -494,6 +515,8 @@ static void up_data(void *arg, const char *data, size_t len)
          * the call is charged its full reservation). */
         size_t rl;
         const char *rest = fb_sse_rest(&gr->sse, &rl);
+        fb_req_stream_write(gr->req, gr->held, gr->held_len); /* in order */
+        gr->held_len = 0;
         fb_req_stream_write(gr->req, rest, rl);
         fb_sse_free(&gr->sse);
         gr->passthrough = 1;
@@ -501,8 +524,6 @@ static void up_data(void *arg, const char *data, size_t len)
             evbuffer_free(gr->keep);
             gr->keep = NULL;
         }
-        fb_req_stream_write(gr->req, gr->held, gr->held_len);
-        gr->held_len = 0;
     }
     if (gr->passthrough)
         fb_req_stream_write(gr->req, data, len);
@@ -539,11 +560,12 @@ static void settle(gw_req *gr, int status, fb_money cost, const char *outcome)
     log_call(gr, status, cost, outcome);
 }
 
-/* Upstream answers that a retry cannot change, kept like results. */
+/* Upstream answers that a retry cannot change, kept like results. Not
+ * 401 and 403: those judge the gateway's own provider key (rotated,
+ * wrong, not yet allowed), not the request, and must not outlive a fix. */
 static int deterministic_error(int status)
 {
-    return status == 400 || status == 401 || status == 403 || status == 404 ||
-           status == 422;
+    return status == 400 || status == 404 || status == 422;
 }
 
 static int transient_status(int status)
@@ -588,7 +610,9 @@ static void deliver(gw_req *gr)
 static void on_kept(void *arg, fb_err err)
 {
     gw_req *gr = arg;
-    if (err != FB_OK) {
+    if (err == FB_EEXIST) {
+        gr->kept = 1; /* an answer for this occurrence is kept already */
+    } else if (err != FB_OK) {
         fb_log(FB_LOG_WARN, "could not keep the result of call %lld: %s",
                (long long)gr->id, fb_strerror(err));
     } else {
@@ -641,8 +665,8 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
          * that the client sees a cut stream, not a short answer. */
         size_t rl;
         const char *rest = fb_sse_rest(&gr->sse, &rl);
-        fb_req_stream_write(gr->req, rest, rl);
         fb_req_stream_write(gr->req, gr->held, gr->held_len);
+        fb_req_stream_write(gr->req, rest, rl);
         fb_log(FB_LOG_WARN, "upstream %s stream broken: %s (key=%s)",
                gr->pc->name, detail, gr->key.id);
         settle(gr, gr->status, cost, "upstream_broken");
@@ -807,7 +831,8 @@ static void record(gw_req *gr, fb_entry_state state, int status,
                   .status = status,
                   .state = state,
                   .outcome = outcome,
-                  .fp = gr->replay ? gr->fp : NULL,
+                  /* the fingerprint marks an occurrence taken (k-th rule) */
+                  .fp = gr->replay && !gr->via_idem ? gr->fp : NULL,
                   .attempt = gr->key.attempt,
                   .saved = saved,
                   .retry = gr->retry};
@@ -1006,8 +1031,10 @@ static void lookup(gw_req *gr)
         return;
     fb_replay_key(gr->flight, gr->rscope, "r", gr->fp, gr->seq);
     gr->resume = lookup;
-    if (!fb_flight_join(gr->g->replay, gr->flight, gr))
-        return; /* an identical call is in flight: wait for it */
+    if (!fb_flight_join(gr->g->replay, gr->flight, gr)) {
+        gr->waiting = WAIT_FLIGHT; /* an identical call is in flight */
+        return;
+    }
     gr->leading = 1;
     if (!fb_kept_maybe(gr->g->replay, gr->flight)) {
         on_lookup(gr, FB_ENOTFOUND, NULL); /* never bought: no read */
@@ -1024,9 +1051,21 @@ static void on_occurrences(void *arg, fb_err err, int64_t n)
     gw_req *gr = arg;
     size_t nw = 0;
     void **w = fb_occ_loaded(gr->g->replay, gr->occ, err == FB_OK ? n : 0, &nw);
-    for (size_t i = 0; i < nw; i++)
-        occurrence(w[i]);
+    for (size_t i = 0; i < nw; i++) {
+        gw_req *x = w[i];
+        x->waiting = WAIT_NONE;
+        if (err != FB_OK) {
+            /* Without the count, a seq could be handed out twice. */
+            reply_error(x, 503, "store_unavailable",
+                        "the ledger cannot be read right now");
+            finish(x);
+            continue;
+        }
+        occurrence(x);
+    }
     free(w);
+    if (err != FB_OK)
+        fb_occ_forget(gr->g->replay, gr->occ);
 }
 
 /* Which occurrence of this request is this, in its attempt? */
@@ -1046,7 +1085,11 @@ static void occurrence(gw_req *gr)
         lookup(gr);
         return;
     }
-    if (loading) {
+    if (!loading) {
+        gr->waiting = WAIT_OCC; /* behind the caller loading the count */
+        return;
+    }
+    {
         fb_entry who = {.tenant = gr->key.tenant,
                         .job = gr->key.job,
                         .key_id = gr->key.id,
@@ -1069,6 +1112,7 @@ static void on_idem(void *arg, fb_err err, fb_result *res)
             return;
         }
         if (err == FB_OK) {
+            gr->via_idem = 1;
             serve_replay(gr, res);
             return;
         }
@@ -1098,8 +1142,10 @@ static void idempotent(gw_req *gr)
         return;
     }
     gr->resume = idempotent;
-    if (!fb_flight_join(g->replay, gr->iflight, gr))
+    if (!fb_flight_join(g->replay, gr->iflight, gr)) {
+        gr->waiting = WAIT_IFLIGHT;
         return;
+    }
     gr->ileading = 1;
     fb_ledger_result_lookup(g->ledger, gr->rscope, gr->fp, 0, gr->idem,
                             fb_wall_ms(), on_idem, gr);

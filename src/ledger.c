@@ -52,6 +52,7 @@ typedef struct op {
     char *scope;       /* OP_COMPLETE, OP_RESULT, OP_TRIP */
     char *idem;        /* OP_COMPLETE, OP_RESULT */
     int has_result;
+    int lost_race;     /* OP_COMPLETE: the seq was kept by another call */
     fb_result res;     /* kept or found; buffers owned by the op */
     int64_t expires_ms;
     int64_t count;
@@ -307,7 +308,9 @@ static void run_op(fb_ledger *l, op *o)
             fb_err e = fb_store_result_put(l->store, o->scope, &o->res,
                                            o->idem, fb_wall_ms(),
                                            o->expires_ms);
-            if (e != FB_OK && e != FB_EEXIST)
+            if (e == FB_EEXIST)
+                o->lost_race = 1; /* settled; another result holds the seq */
+            else if (e != FB_OK)
                 o->err = e;
         }
         break;
@@ -336,7 +339,7 @@ static void run_op(fb_ledger *l, op *o)
         break;
     case OP_IDEM_BIND:
         o->err = fb_store_idem_bind(l->store, o->scope, o->idem, o->hash,
-                                    o->count, o->expires_ms);
+                                    o->count, fb_wall_ms(), o->expires_ms);
         break;
     case OP_KEY_LOOKUP:
         o->err = fb_store_key_by_hash(l->store, o->hash, &o->key);
@@ -533,7 +536,8 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
                                  o->entry.cost, o->entry.outcome);
             }
             if (o->cb.done)
-                o->cb.done(o->arg, o->err);
+                o->cb.done(o->arg, o->err == FB_OK && o->lost_race ? FB_EEXIST
+                                                                   : o->err);
             break;
         case OP_KEY_LOOKUP:
             o->cb.key(o->arg, o->err, o->err == FB_OK ? &o->key : NULL,

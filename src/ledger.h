@@ -49,7 +49,8 @@ void fb_ledger_key_lookup(fb_ledger *l, const uint8_t hash[32], int64_t now_ms,
 
 /* Settle a call and, when keep is not NULL, keep its result under scope
  * (keep is copied; idem may be NULL) in the same transaction. cb (may be
- * NULL) runs once that is durable: err FB_OK, or a store error (then the
+ * NULL) runs once that is durable: err FB_OK; FB_EEXIST when settled but
+ * another call's result already holds that seq; or a store error (then the
  * settlement is retried, the result is not kept). */
 void fb_ledger_complete(fb_ledger *l, int64_t id, int status, fb_money cost,
                         const char *outcome, const char *scope,

@@ -212,6 +212,37 @@ void **fb_flight_end(fb_replay *r, const uint8_t key[32], size_t *n)
     return w;
 }
 
+static int waitq_remove(waitq *q, void *w)
+{
+    for (size_t i = 0; i < q->n; i++) {
+        if (q->w[i] == w) {
+            memmove(q->w + i, q->w + i + 1, (q->n - i - 1) * sizeof *q->w);
+            q->n--;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int fb_flight_leave(fb_replay *r, const uint8_t key[32], void *waiter)
+{
+    waitq *q = fb_map_get(r->flights, (const char *)key, 32);
+    return q != NULL && waitq_remove(q, waiter);
+}
+
+void fb_occ_forget(fb_replay *r, const uint8_t key[32])
+{
+    occ *o = fb_map_get(r->occs, (const char *)key, 32);
+    if (o != NULL && o->q.n == 0)
+        occ_free(fb_map_del(r->occs, (const char *)key, 32));
+}
+
+int fb_occ_leave(fb_replay *r, const uint8_t key[32], void *waiter)
+{
+    occ *o = fb_map_get(r->occs, (const char *)key, 32);
+    return o != NULL && waitq_remove(&o->q, waiter);
+}
+
 int fb_flight_active(fb_replay *r, const uint8_t key[32])
 {
     return fb_map_get(r->flights, (const char *)key, 32) != NULL;
@@ -247,7 +278,9 @@ int fb_occ_next(fb_replay *r, const uint8_t key[32], void *waiter,
                 occ *x = v;
                 if (x->loaded && x->q.n == 0 && x->nfreed == 0) {
                     occ_free(fb_map_del(r->occs, kk, kl));
-                    it = 0;
+                    /* Deletion shifts a later entry into this slot: look
+                     * at the same slot again (one pass, not from 0). */
+                    it--;
                     if (fb_map_count(r->occs) < 500000)
                         break;
                 }

@@ -33,6 +33,11 @@ void fb_replay_free(fb_replay *r);
 int fb_flight_join(fb_replay *r, const uint8_t key[32], void *waiter);
 void **fb_flight_end(fb_replay *r, const uint8_t key[32], size_t *n);
 int fb_flight_active(fb_replay *r, const uint8_t key[32]);
+/* A waiter whose client left: take it out of the queue. 1 if it was in. */
+int fb_flight_leave(fb_replay *r, const uint8_t key[32], void *waiter);
+int fb_occ_leave(fb_replay *r, const uint8_t key[32], void *waiter);
+/* Drop a counter (its base could not be loaded: the next call loads it). */
+void fb_occ_forget(fb_replay *r, const uint8_t key[32]);
 
 /* ---- occurrences: the k-th identical call of an attempt ----
  * fb_occ_next: 1 and *k set (the next occurrence), or 0: the count is not

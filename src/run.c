@@ -178,6 +178,9 @@ static pid_t start_helper(run_ctx *x, char *const argv[], const char *log,
         return -1;
     }
     if (pid == 0) {
+        /* Its own group: a signal for our group (a service stop) must not
+         * reach the gateway before the job is done with it. */
+        setpgid(0, 0);
         int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         dup2(out[1], 1);
         if (fd >= 0)
@@ -313,6 +316,11 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
                      size_t *tail_len, int *status)
 {
     int err[2];
+    /* A job run from a terminal keeps it: its group becomes the
+     * foreground one (and we take it back after). */
+    int tty = isatty(0) && tcgetpgrp(0) == getpgrp();
+    if (tty)
+        signal(SIGTTOU, SIG_IGN);
     if (pipe(err) != 0)
         return -1;
     pid_t pid = fork();
@@ -323,6 +331,8 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
     }
     if (pid == 0) {
         setpgid(0, 0);
+        if (tty) /* before exec: a job reading stdin at once must not stop */
+            tcsetpgrp(0, getpid());
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
@@ -343,13 +353,8 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
     }
     setpgid(pid, pid); /* also here: no race with the child's own call */
     child_pid = pid;
-    /* A job run from a terminal keeps it: its group becomes the
-     * foreground one (and we take it back after). */
-    int tty = isatty(0) && tcgetpgrp(0) == getpgrp();
-    if (tty) {
-        signal(SIGTTOU, SIG_IGN);
+    if (tty)
         tcsetpgrp(0, pid);
-    }
     if (got_signal) /* arrived before the child existed */
         kill(-pid, got_signal);
     close(err[1]);
@@ -357,6 +362,7 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
     size_t len = 0;
     char buf[8192];
     int exited = 0, st = 0;
+    size_t after_exit = 0;
     for (;;) {
         /* Until the job's main process ends; what it left running in the
          * background may hold stderr open, and is not waited for. */
@@ -373,6 +379,9 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
             continue;
         }
         if (n <= 0)
+            break;
+        /* Something the job left behind may write forever: bounded. */
+        if (exited && (after_exit += (size_t)n) > (1u << 20))
             break;
         ssize_t w = write(2, buf, (size_t)n);
         (void)w;
@@ -397,6 +406,11 @@ static int run_child(char *const *argv, char **env, int sh, char *tail,
     if (tty) {
         tcsetpgrp(0, getpgrp());
         signal(SIGTTOU, SIG_DFL);
+        /* At a terminal, ^C and ^\ reach only the job's group: a job
+         * killed by them was interrupted, as a shell would see it. */
+        if (rc == 0 && WIFSIGNALED(*status) &&
+            (WTERMSIG(*status) == SIGINT || WTERMSIG(*status) == SIGQUIT))
+            got_signal = WTERMSIG(*status);
     }
     child_pid = 0;
     if (tail_len)

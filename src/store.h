@@ -163,14 +163,16 @@ fb_err fb_store_result_get(fb_store *s, const char *scope,
 fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
                                const char *idem, int64_t now_ms,
                                fb_result *out);
-/* Keep r (r->id is ignored) and, when idem is not NULL, bind that key to
- * it. FB_EEXIST if that seq is taken. */
+/* Keep r (r->id is ignored; an expired result in its place gives way) and,
+ * when idem is not NULL, bind that key to it. FB_EEXIST if a live result
+ * holds that seq (the key is bound to it all the same). */
 fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
                            const char *idem, int64_t now_ms,
                            int64_t expires_ms);
-/* Bind an Idempotency-Key to (fp, seq), unless it is bound already. */
+/* Bind an Idempotency-Key to (fp, seq), unless it is bound already (to a
+ * binding unexpired at now_ms). */
 fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
-                          const uint8_t fp[32], int64_t seq,
+                          const uint8_t fp[32], int64_t seq, int64_t now_ms,
                           int64_t expires_ms);
 /* Calls fn for every result unexpired at now_ms (its scope, fp, seq). */
 fb_err fb_store_result_keys(fb_store *s, int64_t now_ms,

@@ -82,11 +82,21 @@ static const char *const stmt_sql[ST__COUNT] = {
         "r.attempt,k.fp FROM idem_keys k LEFT JOIN results r ON r.scope="
         "k.scope AND r.fp=k.fp AND r.seq=k.seq AND r.expires_ms>?3 WHERE "
         "k.scope=?1 AND k.idem=?2 AND k.expires_ms>?3",
+    /* An expired row not yet purged gives way; a live one stays (and
+     * then nothing changes: FB_EEXIST). */
     [ST_RESULT_PUT] =
         "INSERT INTO results(scope,fp,seq,attempt,status,stream,headers,"
-        "body,cost,created_ms,expires_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
-    [ST_IDEM_BIND] = "INSERT OR IGNORE INTO idem_keys(scope,idem,fp,seq,"
-                     "expires_ms) VALUES(?,?,?,?,?)",
+        "body,cost,created_ms,expires_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT(scope,fp,seq) DO UPDATE SET attempt=excluded.attempt,"
+        "status=excluded.status,stream=excluded.stream,"
+        "headers=excluded.headers,body=excluded.body,cost=excluded.cost,"
+        "created_ms=excluded.created_ms,expires_ms=excluded.expires_ms "
+        "WHERE results.expires_ms<=excluded.created_ms",
+    [ST_IDEM_BIND] = "INSERT INTO idem_keys(scope,idem,fp,seq,expires_ms) "
+                     "VALUES(?1,?2,?3,?4,?5) ON CONFLICT(scope,idem) DO "
+                     "UPDATE SET fp=excluded.fp,seq=excluded.seq,"
+                     "expires_ms=excluded.expires_ms "
+                     "WHERE idem_keys.expires_ms<=?6",
     /* Calls that hold an occurrence: in flight, replayed, or settled
      * with a result that is kept (2xx or a deterministic error). */
     [ST_OCCURRENCES] =
@@ -744,13 +754,21 @@ fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
     sqlite3_bind_int64(st, 10, now_ms);
     sqlite3_bind_int64(st, 11, expires_ms);
     fb_err err = step_done(st);
-    if (err == FB_OK && idem != NULL)
-        err = fb_store_idem_bind(s, scope, idem, r->fp, r->seq, expires_ms);
+    if (err == FB_OK && sqlite3_changes(s->db) == 0)
+        err = FB_EEXIST; /* a live result holds this seq */
+    /* The key names this request either way: a live result for the same
+     * (fp, seq) is the same answer. */
+    if ((err == FB_OK || err == FB_EEXIST) && idem != NULL) {
+        fb_err b = fb_store_idem_bind(s, scope, idem, r->fp, r->seq, now_ms,
+                                      expires_ms);
+        if (b != FB_OK)
+            err = b;
+    }
     return err;
 }
 
 fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
-                          const uint8_t fp[32], int64_t seq,
+                          const uint8_t fp[32], int64_t seq, int64_t now_ms,
                           int64_t expires_ms)
 {
     sqlite3_stmt *st = stmt(s, ST_IDEM_BIND);
@@ -759,6 +777,7 @@ fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
     sqlite3_bind_blob(st, 3, fp, 32, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, seq);
     sqlite3_bind_int64(st, 5, expires_ms);
+    sqlite3_bind_int64(st, 6, now_ms);
     return step_done(st);
 }
 
