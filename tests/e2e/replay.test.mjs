@@ -320,6 +320,21 @@ describe('replay: kept results, attempts, streams, idempotency, single flight, s
     assert.equal(b3.calls, 1);
   });
 
+  it('a provider 401 or 403 is not kept: it judges the gateway\'s provider key, not the request', async () => {
+    const key = await env.createKey({ tenant: 'acme', job: 'det' });
+    for (const code of [401, 403]) {
+      const body = chatBody({ content: `Refused by the provider with ${code}.` });
+      const [first, b1] = await billedBy(env, () =>
+        env.post(CHAT, body, { key, headers: { 'x-fake-fault': `status=${code}` } }));
+      assert.equal(first.status, code, first.text);
+      assert.equal(b1.requests, 1);
+      // Once the key is fixed, the identical request goes upstream and is paid.
+      const [again, b2] = await billedBy(env, () => env.post(CHAT, body, { key }));
+      assertPaid(again, `after a ${code}`);
+      assert.equal(b2.requests, 1, `the ${code} was replayed instead of asking again`);
+    }
+  });
+
   it('results never cross jobs, tenants or job-less keys: the same request elsewhere is paid', async () => {
     const keys = {
       x1: await env.createKey({ tenant: 'acme', job: 'x1' }),
