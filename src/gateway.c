@@ -139,11 +139,6 @@ static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
 static void record(gw_req *gr, fb_entry_state state, int status,
                    fb_money saved, const char *outcome);
 
-static void money_str(fb_money m, char *buf, size_t cap)
-{
-    fb_money_format(m, buf, cap);
-}
-
 static void resume_waiters(gateway *g, const uint8_t key[32])
 {
     size_t n = 0;
@@ -403,7 +398,7 @@ static void up_head(void *arg, int status, const fb_up_header *h, size_t n)
             gr->keep = evbuffer_new();
             FB_ASSERT(gr->keep != NULL);
         }
-        money_str(gr->resv.amount, amount, sizeof amount);
+        fb_money_format(gr->resv.amount, amount, sizeof amount);
         size_t hl = strlen(gr->resp_headers);
         int xl = snprintf(extra, sizeof extra, "x-fusebox-reserved-usd: %s\r\n",
                           amount);
@@ -543,7 +538,7 @@ static void log_call(gw_req *gr, int status, fb_money cost,
 {
     if (fb_log_enabled(FB_LOG_DEBUG)) {
         char c[32];
-        money_str(cost, c, sizeof c);
+        fb_money_format(cost, c, sizeof c);
         fb_log(FB_LOG_DEBUG,
                "call id=%lld tenant=%s job=%s key=%s provider=%s model=%s "
                "status=%d cost_usd=%s outcome=%s ms=%lld",
@@ -586,7 +581,7 @@ static void add_header(gw_req *gr, const char *line)
 static void deliver(gw_req *gr)
 {
     char cost_s[32], line[96];
-    money_str(gr->usage_cost, cost_s, sizeof cost_s);
+    fb_money_format(gr->usage_cost, cost_s, sizeof cost_s);
     if (gr->streaming) {
         fb_req_stream_write(gr->req, gr->held, gr->held_len);
         /* Streams cannot carry the settled cost in a header; an SSE
@@ -655,7 +650,7 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
     if (gr->passthrough && fail == FB_UP_OK && cost < gr->resv.amount)
         cost = gr->resv.amount; /* events went by unread: usage is partial */
     gr->usage_cost = cost;
-    money_str(cost, cost_s, sizeof cost_s);
+    fb_money_format(cost, cost_s, sizeof cost_s);
     if (gr->replay)
         fb_retry_outcome(gr->g->replay, gr->fkey,
                          fail != FB_UP_OK || transient_status(gr->status));
@@ -786,10 +781,10 @@ static void refuse_budget(gw_req *gr, const fb_refusal *why)
     const fb_budget_spec *spec = fb_scope_limit(why->scope);
     static const char *const per[] = {"", "/hour", "/day", "/month"};
     FB_ASSERT((size_t)spec->period < FB_ARRAY_LEN(per));
-    money_str(why->limit, lim, sizeof lim);
-    money_str(why->spent, spent, sizeof spent);
-    money_str(why->reserved, resv, sizeof resv);
-    money_str(why->request, req, sizeof req);
+    fb_money_format(why->limit, lim, sizeof lim);
+    fb_money_format(why->spent, spent, sizeof spent);
+    fb_money_format(why->reserved, resv, sizeof resv);
+    fb_money_format(why->request, req, sizeof req);
     const char *scope = fb_scope_display(why->scope);
     snprintf(msg, sizeof msg,
              "budget of %s exceeded: %s USD%s limit, %s spent, %s reserved "
