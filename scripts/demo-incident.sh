@@ -27,19 +27,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Wait (bounded) for a "... listening on HOST:PORT" line in a file.
-wait_addr() {
-    i=0
-    while [ $i -lt 100 ]; do
-        a=$(sed -n 's/.*listening on //p' "$1")
-        [ -n "$a" ] && { echo "$a"; return 0; }
-        i=$((i + 1))
-        sleep 0.05
-    done
-    echo "demo-incident: $2 did not start; its log:" >&2
-    cat "$1" "$1.err" >&2 2>/dev/null || true
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
 
 # Run a command in the background and wait for it, so that a signal to this
 # script is handled at once (the EXIT trap then stops it too).

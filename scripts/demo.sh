@@ -15,19 +15,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Wait (bounded) for a "... listening on HOST:PORT" line in a file.
-wait_addr() {
-    i=0
-    while [ $i -lt 100 ]; do
-        a=$(sed -n 's/.*listening on //p' "$1")
-        [ -n "$a" ] && { echo "$a"; return 0; }
-        i=$((i + 1))
-        sleep 0.05
-    done
-    echo "demo: $2 did not start; its log:" >&2
-    cat "$1" "$1.err" >&2 2>/dev/null || true
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
 
 "$bin" fake-provider --listen 127.0.0.1:0 >"$dir/fake.out" 2>"$dir/fake.out.err" &
 fake_pid=$!

@@ -925,19 +925,30 @@ out:
     return err;
 }
 
-fb_err fb_store_trip_clear(fb_store *s, const char *scope)
+/* A one-shot statement whose only parameter is a scope; *changes gets
+ * the number of rows it changed. */
+static fb_err exec_scope(fb_store *s, const char *sql, const char *scope,
+                         int *changes)
 {
     sqlite3_stmt *st = NULL;
     fb_err err = FB_EIO;
-    if (sqlite3_prepare_v2(s->db, "DELETE FROM trips WHERE scope=?", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
         goto out;
     sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_DONE)
-        err = sqlite3_changes(s->db) > 0 ? FB_OK : FB_ENOTFOUND;
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto out;
+    *changes = sqlite3_changes(s->db);
+    err = FB_OK;
 out:
     sqlite3_finalize(st);
     return err;
+}
+
+fb_err fb_store_trip_clear(fb_store *s, const char *scope)
+{
+    int n = 0;
+    fb_err err = exec_scope(s, "DELETE FROM trips WHERE scope=?", scope, &n);
+    return err != FB_OK ? err : n > 0 ? FB_OK : FB_ENOTFOUND;
 }
 
 fb_err fb_store_trips(fb_store *s,
@@ -1041,16 +1052,8 @@ out:
 
 fb_err fb_store_runs_clear(fb_store *s, const char *scope)
 {
-    sqlite3_stmt *st = NULL;
-    fb_err err = FB_EIO;
-    if (sqlite3_prepare_v2(s->db, "UPDATE runs SET cleared=1 WHERE scope=?",
-                           -1, &st, NULL) != SQLITE_OK)
-        goto out;
-    sqlite3_bind_text(st, 1, scope, -1, SQLITE_STATIC);
-    err = sqlite3_step(st) == SQLITE_DONE ? FB_OK : FB_EIO;
-out:
-    sqlite3_finalize(st);
-    return err;
+    int n = 0;
+    return exec_scope(s, "UPDATE runs SET cleared=1 WHERE scope=?", scope, &n);
 }
 
 fb_err fb_store_breakdown(fb_store *s, const fb_spend_filter *f,
