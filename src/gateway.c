@@ -132,6 +132,7 @@ typedef struct gw_req {
     int occ_taken;          /* seq was taken from the occurrence counter */
     int replayed;           /* answered from a kept result */
     fb_money usage_cost;    /* the settled cost */
+    size_t upstream_headers_len; /* a stream's headers before ours */
 } gw_req;
 
 static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
@@ -400,6 +401,7 @@ static void up_head(void *arg, int status, const fb_up_header *h, size_t n)
         }
         fb_money_format(gr->resv.amount, amount, sizeof amount);
         size_t hl = strlen(gr->resp_headers);
+        gr->upstream_headers_len = hl; /* what a kept result replays */
         int xl = snprintf(extra, sizeof extra, "x-fusebox-reserved-usd: %s\r\n",
                           amount);
         char *all = realloc(gr->resp_headers, hl + (size_t)xl + 1);
@@ -691,6 +693,8 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         size_t rl;
         const char *rest = fb_sse_rest(&gr->sse, &rl);
         if (rl > 0) { /* an unfinished last event: pass it on, unkept */
+            fb_req_stream_write(gr->req, gr->held, gr->held_len); /* order */
+            gr->held_len = 0;
             fb_req_stream_write(gr->req, rest, rl);
             if (gr->keep) {
                 evbuffer_free(gr->keep);
@@ -714,7 +718,8 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
     fb_result keep = {.status = gr->status,
                       .stream = gr->streaming,
                       .headers = gr->resp_headers,
-                      .headers_len = strlen(gr->resp_headers),
+                      .headers_len = gr->streaming ? gr->upstream_headers_len
+                                                   : strlen(gr->resp_headers),
                       .body = (char *)evbuffer_pullup(src, -1),
                       .body_len = evbuffer_get_length(src),
                       .cost = cost,
