@@ -3,6 +3,7 @@
 #   make test       unit tests (cmocka) and black-box tests (node:test)
 #   make demo       a job hitting its ceiling, against the fake provider
 #   make demo-incident  a failing job rerun by a naive queue, three ways
+#   make bench      fusebox side by side with nginx (wrk), tables in bench/results/
 #   make SANITIZE=1 ASan + UBSan build (into build-san/)
 #   make install PREFIX=/usr/local
 
@@ -42,7 +43,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e demo demo-incident install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e demo demo-incident bench install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -89,6 +90,10 @@ demo: deps
 demo-incident: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/demo-incident.sh $(abspath $(BUILD)/fusebox)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bench/run.sh $(abspath $(BUILD)/fusebox)
 
 valgrind: deps
 	@$(MAKE) --no-print-directory all
