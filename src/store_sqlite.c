@@ -262,8 +262,8 @@ fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
     }
     sqlite3_busy_timeout(s->db, 5000);
     const char *pragmas = c->durability == FB_DURABILITY_FULL
-                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;"
-                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;";
+                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;"
+                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;";
     if (sqlite3_exec(s->db, pragmas, NULL, NULL, &msg) != SQLITE_OK)
         goto sqlfail;
     if (read_version(s->db, &version) != SQLITE_OK)
@@ -596,12 +596,15 @@ fb_err fb_store_checkpoint(fb_store *s)
     sqlite3_busy_timeout(s->db, 0);
     /* PASSIVE copies what it can without taking the writer's lock. Under a
      * steady stream of commits it never catches up with the end of the
-     * log, so the log is never reused; once it is long, a TRUNCATE pass
-     * holds writers back for the short rest of the copy and resets it. */
+     * log, so the log is never reused; once it is long, a RESTART pass
+     * holds writers back for the short rest of the copy and makes the
+     * next commit start over at the beginning of the file. (Not TRUNCATE:
+     * growing the file again costs the kernel zeroing every new block;
+     * journal_size_limit bounds what stays on disk.) */
     int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
                                        &log, &done);
     if (rc == SQLITE_OK && log > WAL_RESTART_FRAMES)
-        rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+        rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_RESTART,
                                        NULL, NULL);
     return rc == SQLITE_BUSY ? FB_OK : sqlite_err(rc);
 }
