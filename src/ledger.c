@@ -205,18 +205,26 @@ void fb_ledger_complete(fb_ledger *l, int64_t id, int status, fb_money cost,
     enqueue(l, o);
 }
 
+/* An op on a kept result or key binding: (scope, idem, fp, seq). */
+static op *op_scoped(enum op_kind kind, const char *scope, const char *idem,
+                     const uint8_t fp[32], int64_t seq)
+{
+    op *o = calloc(1, sizeof *o);
+    FB_ASSERT(o != NULL);
+    o->kind = kind;
+    o->scope = dup_or_null(scope);
+    o->idem = dup_or_null(idem);
+    memcpy(o->hash, fp, 32);
+    o->count = seq;
+    return o;
+}
+
 void fb_ledger_result_lookup(fb_ledger *l, const char *scope,
                              const uint8_t fp[32], int64_t seq,
                              const char *idem, int64_t now_ms,
                              fb_ledger_result_fn cb, void *arg)
 {
-    op *o = calloc(1, sizeof *o);
-    FB_ASSERT(o != NULL);
-    o->kind = OP_RESULT;
-    o->scope = dup_or_null(scope);
-    o->idem = dup_or_null(idem);
-    memcpy(o->hash, fp, 32);
-    o->count = seq;
+    op *o = op_scoped(OP_RESULT, scope, idem, fp, seq);
     o->now_ms = now_ms;
     o->cb.result = cb;
     o->arg = arg;
@@ -239,13 +247,7 @@ void fb_ledger_idem_bind(fb_ledger *l, const char *scope, const char *idem,
                          const uint8_t fp[32], int64_t seq,
                          int64_t expires_ms)
 {
-    op *o = calloc(1, sizeof *o);
-    FB_ASSERT(o != NULL);
-    o->kind = OP_IDEM_BIND;
-    o->scope = dup_or_null(scope);
-    o->idem = dup_or_null(idem);
-    memcpy(o->hash, fp, 32);
-    o->count = seq;
+    op *o = op_scoped(OP_IDEM_BIND, scope, idem, fp, seq);
     o->expires_ms = expires_ms;
     enqueue(l, o);
 }
