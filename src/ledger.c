@@ -483,7 +483,7 @@ static void *maint_main(void *arg)
     pthread_mutex_lock(&l->mu);
     while (!l->stopping) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_sec += 1;
         pthread_cond_timedwait(&l->maint_cv, &l->mu, &ts);
         if (l->stopping)
