@@ -14,9 +14,11 @@
  * refused. Images, audio and tool fees are not bounded (README, limits). */
 #include "provider.h"
 
-#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "json.h"
 
 static int ends_with(const char *path, const char *suffix)
 {
@@ -25,33 +27,37 @@ static int ends_with(const char *path, const char *suffix)
 }
 
 /* Non-negative integer field; 0 absent, 1 found, -1 present but invalid. */
-static int int_field(json_t *obj, const char *name, int64_t *out)
+static int int_field(const fb_json *j, int obj, const char *name,
+                     int64_t *out)
 {
-    json_t *v = json_object_get(obj, name);
-    if (v == NULL || json_is_null(v))
+    int v = fb_json_get(j, obj, name);
+    int64_t x;
+    fb_json_type t = fb_json_typeof(j, v);
+    if (t == FB_JSON_NONE || t == FB_JSON_NULL)
         return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
+    if (!fb_json_int(j, v, &x) || x < 0)
         return -1;
-    *out = json_integer_value(v);
+    *out = x;
     return 1;
 }
 
-static json_t *parse_object(const char *body, size_t len, char *msg,
-                            size_t cap)
+/* Duplicate keys are refused: fusebox and the provider must not read
+ * different values of the same field. */
+static fb_json *parse_object(const char *body, size_t len, char *msg,
+                             size_t cap)
 {
-    json_error_t e;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &e);
-    if (root == NULL) {
-        snprintf(msg, cap, "request body is not valid JSON: %s (at byte %d)",
-                 e.text, e.position);
+    char e[128];
+    fb_json *j = fb_json_parse(body, len, FB_JSON_UNIQUE, e, sizeof e);
+    if (j == NULL) {
+        snprintf(msg, cap, "request body is not valid JSON: %s", e);
         return NULL;
     }
-    if (!json_is_object(root)) {
+    if (fb_json_typeof(j, 0) != FB_JSON_OBJECT) {
         snprintf(msg, cap, "request body must be a JSON object");
-        json_decref(root);
+        fb_json_free(j);
         return NULL;
     }
-    return root;
+    return j;
 }
 
 /* worst = in * max(input, cache_write) + out * output, checked. */
@@ -75,16 +81,16 @@ static int worst_tokens(fb_call *call, int64_t in, int64_t out, char *msg,
 }
 
 /* The model and its price; refusal when absent or unpriced. */
-static fb_refuse model_price(json_t *root, const fb_prices *prices,
+static fb_refuse model_price(const fb_json *j, const fb_prices *prices,
                              fb_call *call, char *msg, size_t cap)
 {
-    json_t *m = json_object_get(root, "model");
-    if (!json_is_string(m) || json_string_length(m) == 0 ||
-        json_string_length(m) >= sizeof call->model) {
+    long ml = fb_json_str(j, fb_json_get(j, 0, "model"), call->model,
+                          sizeof call->model);
+    if (ml <= 0 || (size_t)ml >= sizeof call->model) {
+        call->model[0] = '\0';
         snprintf(msg, cap, "request has no valid \"model\"");
         return FB_REFUSE_BAD_REQUEST;
     }
-    fb_strlcpy(call->model, json_string_value(m), sizeof call->model);
     call->price = fb_prices_find(prices, call->model);
     if (call->price == NULL) {
         snprintf(msg, cap,
@@ -97,14 +103,14 @@ static fb_refuse model_price(json_t *root, const fb_prices *prices,
 }
 
 /* Output bound: the first of fields[] present, else the model maximum. */
-static fb_refuse output_bound(json_t *root, const char *const *fields,
+static fb_refuse output_bound(const fb_json *j, const char *const *fields,
                               const fb_call *call, int required,
                               int64_t *out, char *msg, size_t cap)
 {
     int64_t v = 0;
     int got = 0;
     for (; *fields && !got; fields++) {
-        got = int_field(root, *fields, &v);
+        got = int_field(j, 0, *fields, &v);
         if (got < 0) {
             snprintf(msg, cap, "\"%s\" must be a non-negative integer",
                      *fields);
@@ -131,11 +137,10 @@ static fb_refuse output_bound(json_t *root, const char *const *fields,
 /* The priority tier bills other prices: price the call from them, or
  * refuse it when they are unknown. Other tiers (flex, batch) cost less
  * and are settled at standard prices, which over-counts. */
-static fb_refuse service_tier(json_t *root, fb_call *call, char *msg,
+static fb_refuse service_tier(const fb_json *j, fb_call *call, char *msg,
                               size_t cap)
 {
-    const char *tier = json_string_value(json_object_get(root, "service_tier"));
-    if (tier == NULL || strcmp(tier, "priority") != 0)
+    if (!fb_json_str_is(j, fb_json_get(j, 0, "service_tier"), "priority"))
         return FB_REFUSE_NONE;
     const fb_price *p = call->price;
     if (p->input_priority <= 0 || p->output_priority <= 0) {
@@ -152,6 +157,57 @@ static fb_refuse service_tier(json_t *root, fb_call *call, char *msg,
     return FB_REFUSE_NONE;
 }
 
+/* The body with stream_options.include_usage set to true, edited in place
+ * so every other byte reaches the provider as the client sent it; NULL if
+ * it is already true. */
+static char *ask_usage(const fb_json *j, const char *body, size_t len,
+                       size_t *new_len)
+{
+    static const char field[] = "\"stream_options\":{\"include_usage\":true}";
+    int so = fb_json_get(j, 0, "stream_options");
+    int iu = fb_json_get(j, so, "include_usage");
+    const char *ins;
+    size_t at, cut = 0, off, sl;
+    int comma_before = 0, comma_after = 0;
+    if (fb_json_typeof(j, iu) == FB_JSON_TRUE)
+        return NULL;
+    if (iu >= 0) { /* "include_usage": false or another value */
+        fb_json_span(j, iu, &at, &cut);
+        ins = "true";
+    } else if (fb_json_typeof(j, so) == FB_JSON_OBJECT) {
+        fb_json_span(j, so, &off, &sl);
+        at = off + 1;
+        ins = "\"include_usage\":true";
+        comma_after = fb_json_size(j, so) > 0;
+    } else if (so >= 0) { /* "stream_options": null or another value */
+        fb_json_span(j, so, &at, &cut);
+        ins = field + sizeof "\"stream_options\":" - 1;
+    } else {
+        fb_json_span(j, 0, &off, &sl);
+        at = off + sl - 1; /* before the closing brace */
+        ins = field;
+        comma_before = fb_json_size(j, 0) > 0;
+    }
+    size_t il = strlen(ins);
+    char *b = malloc(len - cut + il + 2);
+    if (b == NULL)
+        return NULL;
+    char *o = b;
+    memcpy(o, body, at);
+    o += at;
+    if (comma_before)
+        *o++ = ',';
+    memcpy(o, ins, il);
+    o += il;
+    if (comma_after)
+        *o++ = ',';
+    memcpy(o, body + at + cut, len - at - cut);
+    o += len - at - cut;
+    *o = '\0';
+    *new_len = (size_t)(o - b);
+    return b;
+}
+
 static fb_refuse openai_inspect(const fb_provider_conf *pc,
                                 const fb_prices *prices, const char *method,
                                 const char *path, const char *body,
@@ -163,7 +219,7 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
     static const char *const resp_fields[] = {"max_output_tokens", NULL};
     static const char *const compl_fields[] = {"max_tokens", NULL};
     fb_refuse r = FB_REFUSE_NONE;
-    json_t *root = NULL;
+    fb_json *j = NULL;
     int chat = ends_with(path, "/chat/completions");
     int resp = ends_with(path, "/responses");
     int emb = ends_with(path, "/embeddings");
@@ -182,18 +238,18 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
                  method, path);
         return FB_REFUSE_UNPRICED_ROUTE;
     }
-    if ((root = parse_object(body, len, msg, cap)) == NULL)
+    if ((j = parse_object(body, len, msg, cap)) == NULL)
         return FB_REFUSE_BAD_REQUEST;
-    if ((r = model_price(root, prices, call, msg, cap)) != FB_REFUSE_NONE)
+    if ((r = model_price(j, prices, call, msg, cap)) != FB_REFUSE_NONE)
         goto out;
-    if ((r = service_tier(root, call, msg, cap)) != FB_REFUSE_NONE)
+    if ((r = service_tier(j, call, msg, cap)) != FB_REFUSE_NONE)
         goto out;
-    json_t *st = json_object_get(root, "stream");
-    call->stream = json_is_true(st);
+    call->stream = fb_json_typeof(j, fb_json_get(j, 0, "stream")) ==
+                   FB_JSON_TRUE;
     int64_t in = (int64_t)len;
-    if (resp && (json_object_get(root, "previous_response_id") != NULL ||
-                 json_object_get(root, "conversation") != NULL ||
-                 json_object_get(root, "prompt") != NULL)) {
+    if (resp && (fb_json_get(j, 0, "previous_response_id") >= 0 ||
+                 fb_json_get(j, 0, "conversation") >= 0 ||
+                 fb_json_get(j, 0, "prompt") >= 0)) {
         /* Input the provider adds from stored state is not in the body. */
         if (call->price->max_input_tokens <= 0) {
             snprintf(msg, cap,
@@ -207,25 +263,26 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
             in = call->price->max_input_tokens;
     }
     if (!emb) {
-        r = output_bound(root,
+        r = output_bound(j,
                          chat ? chat_fields : resp ? resp_fields : compl_fields,
                          call, 0, &out, msg, cap);
         if (r != FB_REFUSE_NONE)
             goto out;
-        int got = int_field(root, "n", &n);
+        int got = int_field(j, 0, "n", &n);
         if (got < 0 || (got && n < 1) || n > 128) {
             snprintf(msg, cap, "\"n\" must be an integer from 1 to 128");
             r = FB_REFUSE_BAD_REQUEST;
             goto out;
         }
-        int64_t best = 0;
-        if (legacy && int_field(root, "best_of", &best) > 0 && best > n)
+        int64_t best = 0, first;
+        if (legacy && int_field(j, 0, "best_of", &best) > 0 && best > n)
             n = best > 128 ? 128 : best;
-        /* Legacy completions: an array of prompts answers each one. */
-        json_t *pr = legacy ? json_object_get(root, "prompt") : NULL;
-        if (json_is_array(pr) && json_array_size(pr) > 0 &&
-            !json_is_integer(json_array_get(pr, 0)))
-            n *= (int64_t)json_array_size(pr);
+        /* Legacy completions: an array of prompts answers each one (an
+         * array of integers is one prompt, as tokens). */
+        int pr = legacy ? fb_json_get(j, 0, "prompt") : -1;
+        if (fb_json_size(j, pr) > 0 && fb_json_typeof(j, pr) == FB_JSON_ARRAY &&
+            !fb_json_int(j, fb_json_first(j, pr), &first))
+            n *= (int64_t)fb_json_size(j, pr);
         if (__builtin_mul_overflow(out, n, &out)) {
             snprintf(msg, cap, "the output limit of this request overflows");
             r = FB_REFUSE_BAD_REQUEST;
@@ -238,27 +295,11 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
     }
     /* A chat stream reports usage only when asked; ask for it, and
      * remember to drop that extra chunk if the client did not. */
-    if ((chat || legacy) && call->stream) {
-        json_t *so = json_object_get(root, "stream_options");
-        if (!json_is_true(json_object_get(so, "include_usage"))) {
-            if (!json_is_object(so)) {
-                so = json_object();
-                json_object_set_new(root, "stream_options", so);
-            }
-            json_object_set_new(so, "include_usage", json_true());
-            char *text = json_dumps(root, JSON_COMPACT);
-            if (text == NULL) {
-                snprintf(msg, cap, "out of memory");
-                r = FB_REFUSE_BAD_REQUEST;
-                goto out;
-            }
-            *new_body = text;
-            *new_len = strlen(text);
-            call->usage_injected = 1;
-        }
-    }
+    if ((chat || legacy) && call->stream &&
+        (*new_body = ask_usage(j, body, len, new_len)) != NULL)
+        call->usage_injected = 1;
 out:
-    json_decref(root);
+    fb_json_free(j);
     return r;
 }
 
@@ -271,7 +312,7 @@ static fb_refuse anthropic_inspect(const fb_provider_conf *pc,
 {
     static const char *const fields[] = {"max_tokens", NULL};
     fb_refuse r;
-    json_t *root = NULL;
+    fb_json *j = NULL;
     int64_t out = 0;
 
     (void)pc;
@@ -290,18 +331,19 @@ static fb_refuse anthropic_inspect(const fb_provider_conf *pc,
                  method, path);
         return FB_REFUSE_UNPRICED_ROUTE;
     }
-    if ((root = parse_object(body, len, msg, cap)) == NULL)
+    if ((j = parse_object(body, len, msg, cap)) == NULL)
         return FB_REFUSE_BAD_REQUEST;
-    if ((r = model_price(root, prices, call, msg, cap)) != FB_REFUSE_NONE)
+    if ((r = model_price(j, prices, call, msg, cap)) != FB_REFUSE_NONE)
         goto out;
-    call->stream = json_is_true(json_object_get(root, "stream"));
-    if ((r = output_bound(root, fields, call, 1, &out, msg, cap)) !=
+    call->stream = fb_json_typeof(j, fb_json_get(j, 0, "stream")) ==
+                   FB_JSON_TRUE;
+    if ((r = output_bound(j, fields, call, 1, &out, msg, cap)) !=
         FB_REFUSE_NONE)
         goto out;
     if (worst_tokens(call, (int64_t)len, out, msg, cap) != 0)
         r = FB_REFUSE_BAD_REQUEST;
 out:
-    json_decref(root);
+    fb_json_free(j);
     return r;
 }
 
@@ -393,22 +435,22 @@ static fb_refuse generic_inspect(const fb_provider_conf *pc,
         return FB_REFUSE_BAD_REQUEST;
     }
     if (pc->count_field != NULL && len > 0) {
-        json_t *root = parse_object(body, len, msg, cap);
-        if (root == NULL)
+        fb_json *j = parse_object(body, len, msg, cap);
+        if (j == NULL)
             return FB_REFUSE_BAD_REQUEST;
-        json_t *v = json_object_get(root, pc->count_field);
-        if (json_is_array(v)) {
-            bcount = (int64_t)json_array_size(v);
+        int v = fb_json_get(j, 0, pc->count_field);
+        if (fb_json_typeof(j, v) == FB_JSON_ARRAY) {
+            bcount = (int64_t)fb_json_size(j, v);
             inb = 1;
-        } else if (v != NULL &&
-                   (inb = int_field(root, pc->count_field, &bcount)) < 0) {
+        } else if (v >= 0 &&
+                   (inb = int_field(j, 0, pc->count_field, &bcount)) < 0) {
             snprintf(msg, cap,
                      "\"%s\" must be a non-negative integer or an array",
                      pc->count_field);
-            json_decref(root);
+            fb_json_free(j);
             return FB_REFUSE_BAD_REQUEST;
         }
-        json_decref(root);
+        fb_json_free(j);
     }
     if (inq || inb)
         count = qcount > bcount ? qcount : bcount;
@@ -421,22 +463,23 @@ static fb_refuse generic_inspect(const fb_provider_conf *pc,
 
 /* The usage object of a document: top level, or inside "response"
  * (OpenAI Responses stream) or "message" (Anthropic message_start). */
-static json_t *find_usage(json_t *root)
+static int find_usage(const fb_json *j)
 {
-    json_t *u = json_object_get(root, "usage");
-    if (json_is_object(u))
+    int u = fb_json_get(j, 0, "usage");
+    if (fb_json_typeof(j, u) == FB_JSON_OBJECT)
         return u;
-    u = json_object_get(json_object_get(root, "response"), "usage");
-    if (json_is_object(u))
+    u = fb_json_get(j, fb_json_get(j, 0, "response"), "usage");
+    if (fb_json_typeof(j, u) == FB_JSON_OBJECT)
         return u;
-    u = json_object_get(json_object_get(root, "message"), "usage");
-    return json_is_object(u) ? u : NULL;
+    u = fb_json_get(j, fb_json_get(j, 0, "message"), "usage");
+    return fb_json_typeof(j, u) == FB_JSON_OBJECT ? u : -1;
 }
 
-static void take_max(json_t *obj, const char *name, int64_t *field, int *found)
+static void take_max(const fb_json *j, int obj, const char *name,
+                     int64_t *field, int *found)
 {
     int64_t v;
-    if (int_field(obj, name, &v) > 0) {
+    if (int_field(j, obj, name, &v) > 0) {
         if (v > *field)
             *field = v;
         *found = 1;
@@ -445,38 +488,39 @@ static void take_max(json_t *obj, const char *name, int64_t *field, int *found)
 
 static void openai_usage(const char *json, size_t len, fb_usage *u)
 {
-    json_t *root = json_loadb(json, len, 0, NULL);
-    json_t *us = root ? find_usage(root) : NULL;
-    if (us != NULL) {
+    fb_json *j = fb_json_parse(json, len, 0, NULL, 0);
+    int us = j ? find_usage(j) : -1;
+    if (us >= 0) {
         int found = 0;
-        take_max(us, "prompt_tokens", &u->input, &found);
-        take_max(us, "input_tokens", &u->input, &found);
-        take_max(us, "completion_tokens", &u->output, &found);
-        take_max(us, "output_tokens", &u->output, &found);
-        take_max(json_object_get(us, "prompt_tokens_details"),
+        take_max(j, us, "prompt_tokens", &u->input, &found);
+        take_max(j, us, "input_tokens", &u->input, &found);
+        take_max(j, us, "completion_tokens", &u->output, &found);
+        take_max(j, us, "output_tokens", &u->output, &found);
+        take_max(j, fb_json_get(j, us, "prompt_tokens_details"),
                  "cached_tokens", &u->cache_read, &found);
-        take_max(json_object_get(us, "input_tokens_details"), "cached_tokens",
-                 &u->cache_read, &found);
+        take_max(j, fb_json_get(j, us, "input_tokens_details"),
+                 "cached_tokens", &u->cache_read, &found);
         u->found |= found;
     }
-    json_decref(root);
+    fb_json_free(j);
 }
 
 static void anthropic_usage(const char *json, size_t len, fb_usage *u)
 {
-    json_t *root = json_loadb(json, len, 0, NULL);
-    json_t *us = root ? find_usage(root) : NULL;
-    if (us != NULL) {
+    fb_json *j = fb_json_parse(json, len, 0, NULL, 0);
+    int us = j ? find_usage(j) : -1;
+    if (us >= 0) {
         int found = 0;
-        take_max(us, "input_tokens", &u->input, &found);
-        take_max(us, "output_tokens", &u->output, &found);
-        take_max(us, "cache_read_input_tokens", &u->cache_read, &found);
-        take_max(us, "cache_creation_input_tokens", &u->cache_write, &found);
-        take_max(json_object_get(us, "cache_creation"),
+        take_max(j, us, "input_tokens", &u->input, &found);
+        take_max(j, us, "output_tokens", &u->output, &found);
+        take_max(j, us, "cache_read_input_tokens", &u->cache_read, &found);
+        take_max(j, us, "cache_creation_input_tokens", &u->cache_write,
+                 &found);
+        take_max(j, fb_json_get(j, us, "cache_creation"),
                  "ephemeral_1h_input_tokens", &u->cache_write_1h, &found);
         u->found |= found;
     }
-    json_decref(root);
+    fb_json_free(j);
 }
 
 static void generic_usage(const char *json, size_t len, fb_usage *u)
@@ -560,10 +604,11 @@ fb_money fb_provider_settle(const fb_provider_conf *pc, const fb_call *call,
 
 int fb_provider_usage_only_chunk(const char *json, size_t len)
 {
-    json_t *root = json_loadb(json, len, 0, NULL);
-    json_t *ch = json_object_get(root, "choices");
-    int only = json_is_array(ch) && json_array_size(ch) == 0 &&
-               json_is_object(json_object_get(root, "usage"));
-    json_decref(root);
+    fb_json *j = fb_json_parse(json, len, 0, NULL, 0);
+    int ch = j ? fb_json_get(j, 0, "choices") : -1;
+    int only = j != NULL && fb_json_typeof(j, ch) == FB_JSON_ARRAY &&
+               fb_json_size(j, ch) == 0 &&
+               fb_json_typeof(j, fb_json_get(j, 0, "usage")) == FB_JSON_OBJECT;
+    fb_json_free(j);
     return only;
 }

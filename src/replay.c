@@ -13,11 +13,11 @@
  *     answered by the same result share one upstream call. */
 #include "replay.h"
 
-#include <jansson.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "map.h"
 
 typedef struct waitq {
@@ -71,21 +71,19 @@ void fb_fingerprint(const char *method, const char *provider,
                     char *const *ignore, size_t nignore, uint8_t fp[32])
 {
     char *canon = NULL;
-    json_t *root = len > 0 ? json_loadb(body, len, JSON_REJECT_DUPLICATES,
-                                        NULL)
-                           : NULL;
-    if (root != NULL) {
-        if (json_is_object(root))
-            for (size_t i = 0; i < nignore; i++)
-                json_object_del(root, ignore[i]);
-        canon = json_dumps(root, JSON_SORT_KEYS | JSON_COMPACT |
-                                     JSON_ENCODE_ANY);
-        json_decref(root);
-    }
+    size_t clen = 0;
+    /* Only an object or an array is canonicalised, as before (jansson
+     * without JSON_DECODE_ANY); anything else is hashed as sent. */
+    fb_json *j = len > 0 ? fb_json_parse(body, len, FB_JSON_UNIQUE, NULL, 0)
+                         : NULL;
+    fb_json_type t = fb_json_typeof(j, j ? 0 : -1);
+    if (t == FB_JSON_OBJECT || t == FB_JSON_ARRAY)
+        canon = fb_json_canonical(j, ignore, nignore, &clen);
+    fb_json_free(j);
     const void *parts[5] = {"fusebox-fp-1", method, provider, path,
                             canon ? canon : body};
     size_t lens[5] = {12, strlen(method), strlen(provider), strlen(path),
-                      canon ? strlen(canon) : len};
+                      canon ? clen : len};
     sha256_parts(fp, parts, lens, 5);
     free(canon);
 }

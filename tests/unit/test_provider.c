@@ -218,6 +218,37 @@ static void test_openai_stream_asks_for_usage(void **state)
         FB_REFUSE_NONE);
     assert_false(c.usage_injected);
     assert_null(nb);
+    /* Every other shape is edited in place: the client's other bytes (the
+     * spaces, 0.70) reach the provider as sent. */
+    static const char *const cases[][2] = {
+        {"{\"model\":\"test-4o-mini\", \"temperature\":0.70,\"stream\":true}",
+         "{\"model\":\"test-4o-mini\", \"temperature\":0.70,\"stream\":true,"
+         "\"stream_options\":{\"include_usage\":true}}"},
+        {"{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":{}}",
+         "{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":"
+         "{\"include_usage\":true}}"},
+        {"{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":"
+         "{\"x\":1}}",
+         "{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":"
+         "{\"include_usage\":true,\"x\":1}}"},
+        {"{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":"
+         "{\"include_usage\": false }}",
+         "{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":"
+         "{\"include_usage\": true }}"},
+        {"{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":null}",
+         "{\"model\":\"test-4o-mini\",\"stream\":true,\"stream_options\":"
+         "{\"include_usage\":true}}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(inspect(&openai, "POST", "/v1/chat/completions",
+                                 cases[i][0], &c, &nb, &nl),
+                         FB_REFUSE_NONE);
+        assert_true(c.usage_injected);
+        assert_non_null(nb);
+        assert_string_equal(nb, cases[i][1]);
+        assert_int_equal(nl, strlen(cases[i][1]));
+        free(nb);
+    }
 }
 
 static void test_anthropic_worst_case(void **state)
