@@ -719,7 +719,10 @@ int fb_cli_replay(int argc, char **argv)
     rc = 1;
     if ((s = open_store(c)) == NULL)
         goto out;
-    if (fb_store_results_purge(s, fb_wall_ms(), prefix, 0, 0, &n) != FB_OK) {
+    /* The epoch tells a running daemon to forget the results it holds in
+     * memory before it serves one again. */
+    if (fb_store_results_purge(s, fb_wall_ms(), prefix, 0, 0, &n) != FB_OK ||
+        fb_store_epoch_bump(c->data_dir) != FB_OK) {
         fprintf(stderr, "fusebox replay purge: cannot write the store\n");
         goto out;
     }

@@ -1095,7 +1095,7 @@ static fb_err ignore_list(ctx *x, yaml_node_t *n, fb_config *c)
 
 static fb_err replay_section(ctx *x, yaml_node_t *n, fb_config *c)
 {
-    enum { ENABLED, TTL, MAXB, IGNORE, IDEM, PERFP, PCT, FLOOR, NF };
+    enum { ENABLED, TTL, MAXB, IGNORE, IDEM, PERFP, PCT, FLOOR, CACHE, NF };
     field f[NF] = {
         [ENABLED] = {.name = "enabled"},
         [TTL] = {.name = "ttl_hours"},
@@ -1105,6 +1105,7 @@ static fb_err replay_section(ctx *x, yaml_node_t *n, fb_config *c)
         [PERFP] = {.name = "max_upstream_attempts"},
         [PCT] = {.name = "max_retry_percent"},
         [FLOOR] = {.name = "retry_floor"},
+        [CACHE] = {.name = "cache_bytes"},
     };
     static const char *const bools[] = {"false", "true"};
     static const char *const idem[] = {"reject", "wait"};
@@ -1130,6 +1131,10 @@ static fb_err replay_section(ctx *x, yaml_node_t *n, fb_config *c)
     if (f[MAXB].val &&
         (rc = int_value(x, f[MAXB].val, "replay.max_bytes", 1 << 20,
                         INT64_C(1) << 50, &c->replay_max_bytes)) != FB_OK)
+        return rc;
+    if (f[CACHE].val &&
+        (rc = int_value(x, f[CACHE].val, "replay.cache_bytes", 0,
+                        INT64_C(1) << 40, &c->replay_cache_bytes)) != FB_OK)
         return rc;
     if (f[IGNORE].val && (rc = ignore_list(x, f[IGNORE].val, c)) != FB_OK)
         return rc;
@@ -1280,6 +1285,7 @@ static fb_config *config_new(const char *file, const char *base_dir)
     c->replay_enabled = 1;
     c->replay_ttl_ms = INT64_C(7) * 24 * 3600 * 1000;
     c->replay_max_bytes = INT64_C(1) << 30;
+    c->replay_cache_bytes = INT64_C(64) << 20;
     c->retry_max_per_fp = 3;
     c->retry_max_percent = 20;
     c->retry_floor = 10;

@@ -97,6 +97,7 @@ typedef struct fb_config {
     int replay_enabled;         /* 1 */
     int64_t replay_ttl_ms;      /* 7 days */
     int64_t replay_max_bytes;   /* 1 GiB of kept bodies; oldest go first */
+    int64_t replay_cache_bytes; /* 64 MiB of them also in memory */
     char **replay_ignore;       /* top-level body fields left out of the
                                    fingerprint (volatile ones) */
     size_t nreplay_ignore;

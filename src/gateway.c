@@ -33,6 +33,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -70,6 +71,8 @@ typedef struct gateway {
     fb_prices *prices;
     fb_map *keys;          /* SHA-256 (32 bytes) -> fb_key_rec* */
     fb_replay *replay;     /* flights, occurrences, retry budgets, trips */
+    const uint64_t *epoch; /* purge epoch (store.h), mapped; may be NULL */
+    uint64_t epoch_seen;
     fb_retry_limits retry;
     char **provider_keys;  /* per provider, from the environment */
     int64_t next_id;
@@ -122,6 +125,7 @@ typedef struct gw_req {
     void (*resume)(struct gw_req *); /* a waiter's next step */
     enum { WAIT_NONE, WAIT_FLIGHT, WAIT_IFLIGHT, WAIT_OCC } waiting;
     int via_idem;           /* answered through its Idempotency-Key */
+    int via_cache;          /* answered from the in-memory cache */
     int retry;              /* the client marks it a retry */
     struct evbuffer *keep;  /* a stream's forwarded bytes, to keep */
     char *held;             /* a stream's last event, sent once kept */
@@ -604,6 +608,24 @@ static void deliver(gw_req *gr)
     finish(gr);
 }
 
+/* The answer as it is kept: pointers into the request's buffers. */
+static void kept_view(gw_req *gr, fb_money cost, fb_result *keep)
+{
+    struct evbuffer *src = gr->streaming ? gr->keep : gr->buf;
+    *keep = (fb_result){.status = gr->status,
+                        .stream = gr->streaming,
+                        .headers = gr->resp_headers,
+                        .headers_len = gr->streaming
+                                           ? gr->upstream_headers_len
+                                           : strlen(gr->resp_headers),
+                        .body = (char *)evbuffer_pullup(src, -1),
+                        .body_len = evbuffer_get_length(src),
+                        .cost = cost,
+                        .seq = gr->seq,
+                        .attempt = gr->key.attempt};
+    memcpy(keep->fp, gr->fp, 32);
+}
+
 static void on_kept(void *arg, fb_err err)
 {
     gw_req *gr = arg;
@@ -615,8 +637,12 @@ static void on_kept(void *arg, fb_err err)
     } else {
         gr->kept = 1;
         uint8_t key[32];
+        fb_result keep;
         fb_replay_key(key, gr->rscope, "r", gr->fp, gr->seq);
         fb_kept_add(gr->g->replay, key);
+        kept_view(gr, gr->usage_cost, &keep);
+        fb_cache_put(gr->g->replay, key, &keep,
+                     gr->ts_ms + gr->g->c->replay_ttl_ms);
     }
     deliver(gr);
 }
@@ -714,18 +740,8 @@ static void up_done(void *arg, fb_up_fail fail, const char *detail)
         deliver(gr);
         return;
     }
-    struct evbuffer *src = gr->streaming ? gr->keep : gr->buf;
-    fb_result keep = {.status = gr->status,
-                      .stream = gr->streaming,
-                      .headers = gr->resp_headers,
-                      .headers_len = gr->streaming ? gr->upstream_headers_len
-                                                   : strlen(gr->resp_headers),
-                      .body = (char *)evbuffer_pullup(src, -1),
-                      .body_len = evbuffer_get_length(src),
-                      .cost = cost,
-                      .seq = gr->seq,
-                      .attempt = gr->key.attempt};
-    memcpy(keep.fp, gr->fp, 32);
+    fb_result keep;
+    kept_view(gr, cost, &keep);
     fb_budget_settle(&gr->resv, cost);
     log_call(gr, gr->status, cost, outcome);
     fb_ledger_complete(gr->g->ledger, gr->id, gr->status, cost, outcome,
@@ -1010,6 +1026,9 @@ static void on_lookup(void *arg, fb_err err, fb_result *res)
 {
     gw_req *gr = arg;
     if (err == FB_OK) {
+        if (!gr->via_cache) /* read from the store: keep it at hand */
+            fb_cache_put(gr->g->replay, gr->flight, res,
+                         res->expires_ms);
         serve_replay(gr, res);
         return;
     }
@@ -1036,6 +1055,20 @@ static void lookup(gw_req *gr)
         return;
     }
     gr->leading = 1;
+    fb_result res;
+    gateway *g = gr->g;
+    uint64_t epoch = g->epoch ? __atomic_load_n(g->epoch, __ATOMIC_ACQUIRE)
+                              : 0;
+    if (epoch != g->epoch_seen) { /* purged by hand: all of it, it is rare */
+        fb_cache_clear(g->replay);
+        g->epoch_seen = epoch;
+    }
+    if (fb_cache_get(g->replay, gr->flight, fb_wall_ms(), &res)) {
+        gr->via_cache = 1;
+        on_lookup(gr, FB_OK, &res);
+        fb_result_clear(&res);
+        return;
+    }
     if (!fb_kept_maybe(gr->g->replay, gr->flight)) {
         on_lookup(gr, FB_ENOTFOUND, NULL); /* never bought: no read */
         return;
@@ -1596,6 +1629,10 @@ int fb_gateway_serve(const fb_config *c)
     if (g.ledger == NULL)
         goto out;
     fb_ledger_set_result_cap(g.ledger, c->replay_max_bytes);
+    /* Without the epoch a purge could not reach the cache: no cache. */
+    g.epoch = fb_store_epoch_map(c->data_dir);
+    g.epoch_seen = g.epoch ? *g.epoch : 0;
+    fb_cache_set_cap(g.replay, g.epoch ? (size_t)c->replay_cache_bytes : 0);
     st = maint = NULL;
 
     fb_upstream_opts uo = {c->upstream_connect_timeout_ms,
@@ -1650,6 +1687,8 @@ out:
     }
     fb_store_close(st);
     fb_store_close(maint);
+    if (g.epoch != NULL)
+        munmap((void *)g.epoch, 8);
     if (g.sig_term)
         event_free(g.sig_term);
     if (g.sig_int)

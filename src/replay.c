@@ -14,11 +14,13 @@
 #include "replay.h"
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
 #include "map.h"
+#include "store.h"
 
 typedef struct waitq {
     void **w;
@@ -50,14 +52,35 @@ struct fb_replay {
     fb_map *failures; /* key -> (intptr_t) count */
     fb_map *jobs;     /* scope -> day_count* */
     fb_map *trips;    /* scope -> reason (char*) */
+    fb_map *cache;    /* key -> cached* */
+    struct cached *lru_head, *lru_tail; /* most recently used first */
+    size_t cache_bytes, cache_cap;
 };
+
+typedef struct cached {
+    struct cached *prev, *next;
+    uint8_t key[32];
+    int64_t expires_ms;
+    fb_result res; /* headers and body owned */
+} cached;
+
+/* OpenSSL 3 looks the algorithm up on every init given EVP_sha256();
+ * fetched once, it does not (a fifth of a replayed call's hashing). */
+static EVP_MD *sha256_md;
+static void fetch_sha256(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
 
 static void sha256_parts(uint8_t out[32], const void *const *parts,
                          const size_t *lens, size_t n)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
     EVP_MD_CTX *c = EVP_MD_CTX_new();
     unsigned int ol = 32;
-    FB_ASSERT(c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1);
+    pthread_once(&once, fetch_sha256);
+    FB_ASSERT(sha256_md != NULL && c != NULL &&
+              EVP_DigestInit_ex(c, sha256_md, NULL) == 1);
     for (size_t i = 0; i < n; i++) {
         FB_ASSERT(EVP_DigestUpdate(c, parts[i], lens[i]) == 1);
         FB_ASSERT(EVP_DigestUpdate(c, "", 1) == 1); /* separator */
@@ -108,9 +131,10 @@ fb_replay *fb_replay_new(void)
     r->failures = fb_map_new();
     r->jobs = fb_map_new();
     r->trips = fb_map_new();
+    r->cache = fb_map_new();
     r->bloom = calloc(BLOOM_BITS / 8, 1);
     if (!r->flights || !r->occs || !r->failures || !r->jobs || !r->trips ||
-        !r->bloom) {
+        !r->cache || !r->bloom) {
         fb_replay_free(r);
         return NULL;
     }
@@ -141,6 +165,8 @@ void fb_replay_free(fb_replay *r)
     fb_map_free(r->failures, NULL);
     fb_map_free(r->jobs, free);
     fb_map_free(r->trips, free);
+    fb_cache_clear(r);
+    fb_map_free(r->cache, NULL);
     free(r->bloom);
     free(r);
 }
@@ -385,4 +411,118 @@ void fb_trip_clear(fb_replay *r, const char *scope)
 const char *fb_trip_reason(fb_replay *r, const char *scope)
 {
     return fb_map_get(r->trips, scope, strlen(scope));
+}
+
+/* ---- the cache of kept results ---- */
+
+static size_t cached_size(const cached *c)
+{
+    return sizeof *c + c->res.headers_len + c->res.body_len + 64;
+}
+
+static void lru_unlink(fb_replay *r, cached *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        r->lru_head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        r->lru_tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void lru_push(fb_replay *r, cached *c)
+{
+    c->prev = NULL;
+    c->next = r->lru_head;
+    if (r->lru_head)
+        r->lru_head->prev = c;
+    else
+        r->lru_tail = c;
+    r->lru_head = c;
+}
+
+static void cache_drop(fb_replay *r, cached *c)
+{
+    lru_unlink(r, c);
+    (void)fb_map_del(r->cache, (const char *)c->key, 32);
+    r->cache_bytes -= cached_size(c);
+    fb_result_clear(&c->res);
+    free(c);
+}
+
+void fb_cache_set_cap(fb_replay *r, size_t bytes)
+{
+    r->cache_cap = bytes;
+    while (r->cache_bytes > r->cache_cap && r->lru_tail)
+        cache_drop(r, r->lru_tail);
+}
+
+void fb_cache_put(fb_replay *r, const uint8_t key[32], const fb_result *res,
+                  int64_t expires_ms)
+{
+    cached *c = fb_map_get(r->cache, (const char *)key, 32);
+    if (c != NULL)
+        cache_drop(r, c);
+    if (res->headers_len + res->body_len > r->cache_cap / 4)
+        return; /* one big answer must not flush the rest */
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return;
+    c->res = *res;
+    c->res.headers = malloc(res->headers_len + 1);
+    c->res.body = malloc(res->body_len + 1);
+    if (c->res.headers == NULL || c->res.body == NULL ||
+        fb_map_put(r->cache, (const char *)key, 32, c, NULL) != FB_OK) {
+        fb_result_clear(&c->res);
+        free(c);
+        return;
+    }
+    memcpy(c->res.headers, res->headers, res->headers_len);
+    c->res.headers[res->headers_len] = '\0';
+    memcpy(c->res.body, res->body, res->body_len);
+    c->res.body[res->body_len] = '\0';
+    memcpy(c->key, key, 32);
+    c->expires_ms = expires_ms;
+    lru_push(r, c);
+    r->cache_bytes += cached_size(c);
+    while (r->cache_bytes > r->cache_cap && r->lru_tail)
+        cache_drop(r, r->lru_tail);
+}
+
+int fb_cache_get(fb_replay *r, const uint8_t key[32], int64_t now_ms,
+                 fb_result *out)
+{
+    cached *c = fb_map_get(r->cache, (const char *)key, 32);
+    if (c == NULL)
+        return 0;
+    if (now_ms >= c->expires_ms) {
+        cache_drop(r, c);
+        return 0;
+    }
+    *out = c->res;
+    out->headers = malloc(c->res.headers_len + 1);
+    out->body = malloc(c->res.body_len + 1);
+    if (out->headers == NULL || out->body == NULL) {
+        fb_result_clear(out);
+        return 0;
+    }
+    memcpy(out->headers, c->res.headers, c->res.headers_len + 1);
+    memcpy(out->body, c->res.body, c->res.body_len + 1);
+    lru_unlink(r, c);
+    lru_push(r, c);
+    return 1;
+}
+
+void fb_cache_clear(fb_replay *r)
+{
+    while (r->lru_head)
+        cache_drop(r, r->lru_head);
+}
+
+size_t fb_cache_bytes(const fb_replay *r)
+{
+    return r->cache_bytes;
 }

@@ -60,6 +60,22 @@ void fb_occ_release(fb_replay *r, const uint8_t key[32], int64_t k);
 void fb_kept_add(fb_replay *r, const uint8_t key[32]);
 int fb_kept_maybe(fb_replay *r, const uint8_t key[32]);
 
+/* ---- recently kept results, in memory ----
+ * The store stays the record; this spares the common replay a trip to the
+ * ledger thread and a read. Least recently used results go first once
+ * their bytes pass the cap (0: no cache). A result is only served before
+ * it expires. Put copies; get fills *out with copies the caller frees
+ * (fb_result_clear) and returns 1, or returns 0. */
+struct fb_result;
+void fb_cache_set_cap(fb_replay *r, size_t bytes);
+void fb_cache_put(fb_replay *r, const uint8_t key[32],
+                  const struct fb_result *res, int64_t expires_ms);
+int fb_cache_get(fb_replay *r, const uint8_t key[32], int64_t now_ms,
+                 struct fb_result *out);
+/* Forget every cached result (after a purge by hand). */
+void fb_cache_clear(fb_replay *r);
+size_t fb_cache_bytes(const fb_replay *r);
+
 /* ---- retry budgets ---- */
 typedef struct fb_retry_limits {
     int max_per_fp;  /* upstream attempts per fingerprint after failures */

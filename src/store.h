@@ -73,6 +73,7 @@ typedef struct fb_result {
     int64_t seq;   /* the k-th result for this fingerprint in its scope */
     int64_t attempt;
     uint8_t fp[32];
+    int64_t expires_ms; /* when read from the store */
 } fb_result;
 
 /* Frees what a read put in r. */
@@ -105,6 +106,14 @@ typedef struct fb_change {
 
 /* Open (creating and migrating) the store for this config: SQLite under
  * c->data_dir. errbuf gets a reason on failure. */
+/* The purge epoch: a counter in data_dir/fusebox.epoch, shared through
+ * mmap, bumped by a process that deleted kept results behind the daemon's
+ * back (fusebox replay purge). The daemon reads it before serving a result
+ * from memory, and forgets its copies when it moved: one load, no I/O.
+ * fb_store_epoch_map: the daemon's read-only view, NULL on failure. */
+const uint64_t *fb_store_epoch_map(const char *data_dir);
+fb_err fb_store_epoch_bump(const char *data_dir);
+
 fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
                      size_t errcap);
 void fb_store_close(fb_store *s);

@@ -10,11 +10,14 @@
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 enum {
     ST_BEGIN,
@@ -74,12 +77,13 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_CHANGE_ADD] = "INSERT INTO changes(kind,subject) VALUES(?,?)",
     [ST_CHANGES] = "SELECT seq,kind,subject FROM changes WHERE seq>? "
                    "ORDER BY seq",
-#define RESULT_COLS "id,status,stream,headers,body,cost,seq,attempt,fp"
+#define RESULT_COLS \
+    "id,status,stream,headers,body,cost,seq,attempt,fp,expires_ms"
     [ST_RESULT_GET] = "SELECT " RESULT_COLS " FROM results WHERE scope=? AND "
                       "fp=? AND seq=? AND expires_ms>?",
     [ST_RESULT_IDEM] =
         "SELECT r.id,r.status,r.stream,r.headers,r.body,r.cost,r.seq,"
-        "r.attempt,k.fp FROM idem_keys k LEFT JOIN results r ON r.scope="
+        "r.attempt,k.fp,r.expires_ms FROM idem_keys k LEFT JOIN results r ON r.scope="
         "k.scope AND r.fp=k.fp AND r.seq=k.seq AND r.expires_ms>?3 WHERE "
         "k.scope=?1 AND k.idem=?2 AND k.expires_ms>?3",
     /* An expired row not yet purged gives way; a live one stays (and
@@ -225,6 +229,45 @@ static int read_version(sqlite3 *db, int *version)
         *version = sqlite3_column_int(v, 0);
     sqlite3_finalize(v);
     return rc;
+}
+
+/* Map data_dir/fusebox.epoch (8 bytes, created if missing). */
+static uint64_t *epoch_map(const char *data_dir, int writable)
+{
+    char path[4096];
+    uint64_t *p = NULL;
+    struct stat sb;
+    int fd = -1;
+    if ((size_t)snprintf(path, sizeof path, "%s/fusebox.epoch", data_dir) >=
+            sizeof path ||
+        (fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
+        goto out;
+    if (fstat(fd, &sb) != 0 ||
+        (sb.st_size < 8 && ftruncate(fd, 8) != 0))
+        goto out;
+    p = mmap(NULL, 8, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+             MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        p = NULL;
+out:
+    if (fd >= 0)
+        close(fd);
+    return p;
+}
+
+const uint64_t *fb_store_epoch_map(const char *data_dir)
+{
+    return epoch_map(data_dir, 0);
+}
+
+fb_err fb_store_epoch_bump(const char *data_dir)
+{
+    uint64_t *p = epoch_map(data_dir, 1);
+    if (p == NULL)
+        return FB_EIO;
+    __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST);
+    munmap(p, 8);
+    return FB_OK;
 }
 
 fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
@@ -679,6 +722,7 @@ static fb_err read_result(sqlite3_stmt *st, fb_result *r)
     r->attempt = sqlite3_column_int64(st, 7);
     if (sqlite3_column_bytes(st, 8) == 32)
         memcpy(r->fp, sqlite3_column_blob(st, 8), 32);
+    r->expires_ms = sqlite3_column_int64(st, 9);
     r->headers = fb_strndup(h ? h : "", r->headers_len);
     r->body = malloc(r->body_len + 1);
     if (r->headers == NULL || r->body == NULL) {

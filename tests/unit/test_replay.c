@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "replay.h"
+#include "store.h"
 
 static void fp_of(const char *body, char *const *ignore, size_t n,
                   uint8_t out[32])
@@ -173,6 +174,70 @@ static void test_kept_filter(void **state)
     fb_replay_free(r);
 }
 
+/* The cache of kept results: copies in and out, expiry, least recently
+ * used first out past the cap, one big answer never cached. */
+static void test_result_cache(void **state)
+{
+    (void)state;
+    fb_replay *r = fb_replay_new();
+    uint8_t k[4][32];
+    char body[1000];
+    fb_result in = {.status = 200, .headers = "a: b\r\n", .headers_len = 6,
+                    .body = body, .body_len = 100, .cost = 7,
+                    .seq = 3},
+              out;
+    assert_non_null(r);
+    memset(body, 'x', sizeof body);
+    for (int i = 0; i < 4; i++)
+        fb_replay_key(k[i], "job:t/j", "r", NULL, i);
+    fb_cache_set_cap(r, 0); /* off: nothing is kept */
+    fb_cache_put(r, k[0], &in, 1000);
+    assert_int_equal(fb_cache_get(r, k[0], 0, &out), 0);
+    fb_cache_set_cap(r, 1 << 20);
+    fb_cache_put(r, k[0], &in, 1000);
+    size_t one = fb_cache_bytes(r); /* what one such entry counts for */
+    assert_true(one > 100);
+    body[0] = 'y'; /* the cache holds a copy */
+    assert_int_equal(fb_cache_get(r, k[0], 999, &out), 1);
+    assert_int_equal(out.status, 200);
+    assert_int_equal(out.cost, 7);
+    assert_int_equal(out.seq, 3);
+    assert_int_equal(out.body_len, 100);
+    assert_int_equal(out.body[0], 'x');
+    assert_memory_equal(out.headers, "a: b\r\n", 6);
+    fb_result_clear(&out);
+    /* Expired: gone, and dropped. */
+    assert_int_equal(fb_cache_get(r, k[0], 1000, &out), 0);
+    assert_int_equal(fb_cache_bytes(r), 0);
+    /* Two fit under a cap of two and a half: at the third the least
+     * recently used goes. k[1] is read again, so k[2] is the one. */
+    fb_cache_set_cap(r, one * 5 / 2);
+    fb_cache_put(r, k[1], &in, 1000);
+    fb_cache_put(r, k[2], &in, 1000);
+    assert_int_equal(fb_cache_get(r, k[1], 0, &out), 1);
+    fb_result_clear(&out);
+    fb_cache_put(r, k[3], &in, 1000);
+    assert_int_equal(fb_cache_bytes(r), 2 * one);
+    assert_int_equal(fb_cache_get(r, k[2], 0, &out), 0);
+    assert_int_equal(fb_cache_get(r, k[1], 0, &out), 1);
+    fb_result_clear(&out);
+    assert_int_equal(fb_cache_get(r, k[3], 0, &out), 1);
+    fb_result_clear(&out);
+    /* Replacing a key keeps one copy. */
+    size_t before = fb_cache_bytes(r);
+    fb_cache_put(r, k[3], &in, 2000);
+    assert_int_equal(fb_cache_bytes(r), before);
+    /* More than a quarter of the cap is never cached. */
+    in.body_len = 1000;
+    fb_cache_set_cap(r, 2000);
+    fb_cache_put(r, k[0], &in, 1000);
+    assert_int_equal(fb_cache_get(r, k[0], 0, &out), 0);
+    fb_cache_clear(r);
+    assert_int_equal(fb_cache_bytes(r), 0);
+    assert_int_equal(fb_cache_get(r, k[1], 0, &out), 0);
+    fb_replay_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -181,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_occurrences),
         cmocka_unit_test(test_retry_budgets_and_trips),
         cmocka_unit_test(test_kept_filter),
+        cmocka_unit_test(test_result_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
