@@ -783,8 +783,10 @@ static void emit(buf *o, const fb_json *j, int v, char *const *drop,
         return;
     }
     case FB_JSON_STRING: {
+        /* Without escapes the bytes need none either (the parser refused
+         * raw control characters): printed as they are. */
         if (!(t->flags & F_ESC)) {
-            put_string(o, j->s + t->off + 1, t->len - 2);
+            put(o, j->s + t->off, t->len);
             return;
         }
         char *tmp = malloc(t->len);
@@ -832,7 +834,11 @@ static void emit(buf *o, const fb_json *j, int v, char *const *drop,
             if (!first)
                 put(o, ",", 1);
             first = 0;
-            put_string(o, refs[m].p, refs[m].len);
+            const tok *kt = &j->t[refs[m].val - 1];
+            if (kt->flags & F_ESC)
+                put_string(o, refs[m].p, refs[m].len);
+            else
+                put(o, j->s + kt->off, kt->len);
             put(o, ":", 1);
             emit(o, j, refs[m].val, NULL, 0);
         }

@@ -211,7 +211,12 @@ static void test_generated(void **state)
             switch (rnd(3)) {
             case 0: s.b[at] = noise[rnd(sizeof noise - 1)]; break;
             case 1: s.len = at; break;
-            default: add(&s, s.b + at, s.len - at > 3 ? 3 : s.len - at);
+            default: {
+                char dup[3];
+                size_t dl = s.len - at > 3 ? 3 : s.len - at;
+                memcpy(dup, s.b + at, dl); /* add() may move s.b */
+                add(&s, dup, dl);
+            }
             }
             agree(s.b, s.len, round & 1);
         }
