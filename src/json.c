@@ -460,11 +460,13 @@ fb_json *fb_json_parse(const char *s, size_t n, int flags, char *err,
                 goto bad;
             }
             unsigned c = p.s[i];
+            /* Every value counts toward the depth, scalars too (the root
+             * is at 1), as in jansson. */
+            if (depth == MAX_DEPTH) {
+                fail(&p, i, "maximum nesting depth reached");
+                goto bad;
+            }
             if (c == '{' || c == '[') {
-                if (depth == MAX_DEPTH) {
-                    fail(&p, i, "maximum nesting depth reached");
-                    goto bad;
-                }
                 if ((k = push(j, c == '{' ? FB_JSON_OBJECT : FB_JSON_ARRAY,
                               i, 0)) < 0) {
                     fail(&p, i, "out of memory");
@@ -656,10 +658,12 @@ int fb_json_str_is(const fb_json *j, int v, const char *s)
         return 0;
     if (!(t->flags & F_ESC))
         return t->len - 2 == sl && memcmp(j->s + t->off + 1, s, sl) == 0;
-    char small[256];
-    long n = fb_json_str(j, v, small, sizeof small);
-    return n >= 0 && (size_t)n == sl && (size_t)n < sizeof small &&
-           memcmp(small, s, sl) == 0;
+    char small[256], *buf = t->len <= sizeof small ? small : malloc(t->len);
+    int same = buf != NULL && decode(j->s, t, buf) == sl &&
+               memcmp(buf, s, sl) == 0;
+    if (buf != small)
+        free(buf);
+    return same;
 }
 
 void fb_json_span(const fb_json *j, int v, size_t *off, size_t *len)

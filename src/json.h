@@ -7,8 +7,10 @@
  * forwarded call. jansson stays for config, CLI and replies.
  *
  * What it accepts is what jansson's json_loadb accepts (RFC 8259, valid
- * UTF-8, no \u0000, integers within int64, finite reals, nesting up to
- * 2048), and fb_json_canonical prints what jansson's json_dumps prints with
+ * UTF-8, no \u0000, integers within int64, finite reals, values nested
+ * up to 2048 deep), with one exception: jansson 2.14 skips a NUL byte
+ * right after a number or a literal ("1\0"), which is refused here. And
+ * fb_json_canonical prints what jansson's json_dumps prints with
  * JSON_SORT_KEYS | JSON_COMPACT, so fingerprints did not change. Both are
  * checked against jansson by tests/unit/test_json.c and fuzz/json_fuzz.c.
  *
