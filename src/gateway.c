@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "budget.h"
+#include "journal.h"
 #include "keys.h"
 #include "ledger.h"
 #include "log.h"
@@ -1553,7 +1554,8 @@ int fb_gateway_serve(const fb_config *c)
     fb_store *st = NULL, *maint = NULL;
     int rc = 1, port = 0, lock_fd = -1;
     char errbuf[512];
-    int64_t recovered = 0;
+    int64_t recovered = 0, replayed = 0;
+    fb_journal *journal = NULL;
 
     fb_log_set_level(c->log_level);
     signal(SIGPIPE, SIG_IGN);
@@ -1613,6 +1615,21 @@ int fb_gateway_serve(const fb_config *c)
         fb_log(FB_LOG_ERROR, "%s", errbuf);
         goto out;
     }
+    /* The journal first: what it holds was answered before the crash. It
+     * is read even when durability is now "full": a run before may have
+     * used it. */
+    if (fb_journal_open(c->data_dir, &journal) != FB_OK ||
+        fb_ledger_replay_journal(st, journal, &replayed) != FB_OK) {
+        fb_log(FB_LOG_ERROR, "cannot apply the journal in %s", c->data_dir);
+        goto out;
+    }
+    if (replayed > 0)
+        fb_log(FB_LOG_INFO, "applied %lld journal records from the last run",
+               (long long)replayed);
+    if (c->durability == FB_DURABILITY_FULL) {
+        fb_journal_close(journal);
+        journal = NULL;
+    }
     if (fb_store_recover(st, &recovered) != FB_OK ||
         fb_store_max_entry_id(st, &g.next_id) != FB_OK ||
         seed_scopes(&g, st) != 0 ||
@@ -1625,9 +1642,10 @@ int fb_gateway_serve(const fb_config *c)
         fb_log(FB_LOG_WARN,
                "%lld calls were in flight at the last stop; charged in full",
                (long long)recovered);
-    g.ledger = fb_ledger_start(g.base, st, maint, 250, on_change, &g);
+    g.ledger = fb_ledger_start(g.base, st, maint, journal, 250, on_change, &g);
     if (g.ledger == NULL)
         goto out;
+    journal = NULL;
     fb_ledger_set_result_cap(g.ledger, c->replay_max_bytes);
     /* Without the epoch a purge could not reach the cache: no cache. */
     g.epoch = fb_store_epoch_map(c->data_dir);
@@ -1687,6 +1705,7 @@ out:
     }
     fb_store_close(st);
     fb_store_close(maint);
+    fb_journal_close(journal);
     if (g.epoch != NULL)
         munmap((void *)g.epoch, 8);
     if (g.sig_term)

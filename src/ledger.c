@@ -14,7 +14,12 @@
  *  3. When idle the thread polls the change feed every poll_ms.
  *  4. A second thread, with its own store handle, does maintenance
  *     (checkpoints) once a second, so the commit path never waits for the
- *     fsync a checkpoint does. */
+ *     fsync a checkpoint does.
+ *  5. With a journal (journal.h), an insert or a completion is written to
+ *     it on the loop and its callback runs at once ("acked"), before the
+ *     commit; the op still goes through the queue in order, so a later
+ *     read sees it, and a journal file is emptied only once every record
+ *     in it was committed. */
 #include "ledger.h"
 
 #include <event2/event.h>
@@ -25,6 +30,13 @@
 #include <time.h>
 
 #include "budget.h"
+#include "journal.h"
+#include "log.h"
+
+/* Journal mode: how long deferrable writes wait for company, and how
+ * many make a batch worth committing at once. */
+#define BATCH_WINDOW_NS 2000000
+#define BATCH_MAX 512
 
 enum op_kind {
     OP_INSERT,
@@ -58,6 +70,8 @@ typedef struct op {
     int64_t count;
     fb_entry entry; /* strings point into text[] */
     int64_t now_ms;
+    uint64_t lsn;   /* its journal record; 0: none */
+    int acked;      /* its callback ran when the record was written */
     uint8_t hash[32];
     fb_key_rec key;
     fb_money spent;
@@ -75,6 +89,8 @@ struct fb_ledger {
     pthread_cond_t cv;
     pthread_cond_t maint_cv;
     op *head, *tail;  /* queued, guarded by mu */
+    int64_t head_ns;  /* when the queue last became non-empty, under mu */
+    size_t urgent;    /* queued ops that are not deferrable, under mu */
     op *done;         /* finished, guarded by mu, reversed */
     size_t backlog;   /* queued + running, guarded by mu */
     int stopping;     /* guarded by mu */
@@ -87,7 +103,18 @@ struct fb_ledger {
     int64_t result_cap; /* guarded by mu */
     fb_change *fetched; /* the thread's own, handed over under mu */
     size_t nfetched, capfetched;
+    fb_journal *journal; /* loop only; NULL: every op waits for its commit */
+    struct ack *acks, *acks_tail; /* loop only: callbacks to run */
+    unsigned char *jbuf; /* loop only: a record being encoded */
+    size_t jcap;
 };
+
+/* A callback due now: its op's record is in the journal. */
+typedef struct ack {
+    struct ack *next;
+    fb_ledger_done_fn cb;
+    void *arg;
+} ack;
 
 static void op_free(op *o)
 {
@@ -97,16 +124,38 @@ static void op_free(op *o)
     free(o);
 }
 
+/* Can the op wait for a later commit? Writes whose callers were acked
+ * through the journal, or who wait for nothing, can; reads and writes
+ * whose callers wait cannot. */
+static int deferrable(const op *o)
+{
+    switch (o->kind) {
+    case OP_INSERT:
+    case OP_COMPLETE:
+        return o->acked || o->cb.done == NULL;
+    case OP_SETTLE:
+    case OP_TRIP:
+    case OP_IDEM_BIND:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static void enqueue(fb_ledger *l, op *o)
 {
     pthread_mutex_lock(&l->mu);
     o->next = NULL;
-    if (l->tail)
+    if (l->tail) {
         l->tail->next = o;
-    else
+    } else {
         l->head = o;
+        l->head_ns = fb_mono_ns();
+    }
     l->tail = o;
     l->backlog++;
+    if (!deferrable(o))
+        l->urgent++;
     pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
 }
@@ -148,6 +197,312 @@ static op *op_with_entry(const fb_entry *e)
     return o;
 }
 
+/* ---- journal records ----
+ * INSERT:   u8 1; i64 id, ts_ms, reserved, cost, saved, attempt;
+ *           i32 status, state, retry; u8 has_fp [fp]; strings tenant, job,
+ *           key_id, provider, model, path, outcome.
+ * COMPLETE: u8 2; i64 id, cost, expires_ms; i32 status; string outcome;
+ *           u8 has_result [strings scope, idem; i32 status, stream;
+ *           i64 cost, seq, attempt; fp; u64 headers_len, body_len; the
+ *           headers; the body].
+ * A string is u32 length (UINT32_MAX: none) and its bytes and a NUL. */
+enum { REC_INSERT = 1, REC_COMPLETE = 2 };
+
+typedef struct {
+    unsigned char *b;
+    size_t len, cap;
+} wbuf;
+
+static void w_put(wbuf *w, const void *p, size_t n)
+{
+    if (w->len + n > w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 512;
+        while (cap < w->len + n)
+            cap *= 2;
+        unsigned char *b = realloc(w->b, cap);
+        FB_ASSERT(b != NULL);
+        w->b = b;
+        w->cap = cap;
+    }
+    memcpy(w->b + w->len, p, n);
+    w->len += n;
+}
+
+static void w_i64(wbuf *w, int64_t v)
+{
+    w_put(w, &v, 8);
+}
+
+static void w_i32(wbuf *w, int32_t v)
+{
+    w_put(w, &v, 4);
+}
+
+static void w_u8(wbuf *w, uint8_t v)
+{
+    w_put(w, &v, 1);
+}
+
+static void w_str(wbuf *w, const char *s)
+{
+    uint32_t n = s ? (uint32_t)strlen(s) : UINT32_MAX;
+    w_put(w, &n, 4);
+    if (s)
+        w_put(w, s, (size_t)n + 1);
+}
+
+/* Write op o's record (its buffers given as extra parts). 1 when it is in
+ * the journal and o's callback may run now. */
+static int journal_op(fb_ledger *l, op *o, wbuf *w, const fb_result *r)
+{
+    struct iovec iov[3] = {{.iov_base = w->b, .iov_len = w->len}};
+    int n = 1;
+    if (r != NULL) {
+        iov[n++] = (struct iovec){.iov_base = r->headers,
+                                  .iov_len = r->headers_len};
+        iov[n++] = (struct iovec){.iov_base = r->body,
+                                  .iov_len = r->body_len};
+    }
+    o->lsn = fb_journal_append(l->journal, iov, n);
+    l->jbuf = w->b; /* kept for the next record */
+    l->jcap = w->cap;
+    return o->lsn != 0;
+}
+
+static void ack_now(fb_ledger *l, op *o)
+{
+    ack *a = malloc(sizeof *a);
+    FB_ASSERT(a != NULL);
+    a->next = NULL;
+    a->cb = o->cb.done;
+    a->arg = o->arg;
+    if (l->acks_tail)
+        l->acks_tail->next = a;
+    else
+        l->acks = a;
+    l->acks_tail = a;
+    o->acked = 1;
+    event_active(l->done_ev, EV_READ, 0);
+}
+
+static int journal_insert(fb_ledger *l, op *o)
+{
+    const fb_entry *e = &o->entry;
+    wbuf w = {.b = l->jbuf, .cap = l->jcap};
+    w_u8(&w, REC_INSERT);
+    w_i64(&w, e->id);
+    w_i64(&w, e->ts_ms);
+    w_i64(&w, e->reserved);
+    w_i64(&w, e->cost);
+    w_i64(&w, e->saved);
+    w_i64(&w, e->attempt);
+    w_i32(&w, e->status);
+    w_i32(&w, (int32_t)e->state);
+    w_i32(&w, e->retry);
+    w_u8(&w, e->fp != NULL);
+    if (e->fp != NULL)
+        w_put(&w, e->fp, 32);
+    w_str(&w, e->tenant);
+    w_str(&w, e->job);
+    w_str(&w, e->key_id);
+    w_str(&w, e->provider);
+    w_str(&w, e->model);
+    w_str(&w, e->path);
+    w_str(&w, e->outcome);
+    return journal_op(l, o, &w, NULL);
+}
+
+static int journal_complete(fb_ledger *l, op *o)
+{
+    wbuf w = {.b = l->jbuf, .cap = l->jcap};
+    w_u8(&w, REC_COMPLETE);
+    w_i64(&w, o->entry.id);
+    w_i64(&w, o->entry.cost);
+    w_i64(&w, o->expires_ms);
+    w_i32(&w, o->entry.status);
+    w_str(&w, o->entry.outcome);
+    w_u8(&w, (uint8_t)o->has_result);
+    if (!o->has_result)
+        return journal_op(l, o, &w, NULL);
+    const fb_result *r = &o->res;
+    w_str(&w, o->scope);
+    w_str(&w, o->idem);
+    w_i32(&w, r->status);
+    w_i32(&w, r->stream);
+    w_i64(&w, r->cost);
+    w_i64(&w, r->seq);
+    w_i64(&w, r->attempt);
+    w_put(&w, r->fp, 32);
+    w_i64(&w, (int64_t)r->headers_len);
+    w_i64(&w, (int64_t)r->body_len);
+    return journal_op(l, o, &w, r);
+}
+
+typedef struct {
+    const char *p;
+    size_t left;
+    int bad;
+} rbuf;
+
+static void r_get(rbuf *r, void *out, size_t n)
+{
+    if (r->bad || n > r->left) {
+        r->bad = 1;
+        memset(out, 0, n);
+        return;
+    }
+    memcpy(out, r->p, n);
+    r->p += n;
+    r->left -= n;
+}
+
+static int64_t r_i64(rbuf *r)
+{
+    int64_t v;
+    r_get(r, &v, 8);
+    return v;
+}
+
+static int32_t r_i32(rbuf *r)
+{
+    int32_t v;
+    r_get(r, &v, 4);
+    return v;
+}
+
+static uint8_t r_u8(rbuf *r)
+{
+    uint8_t v;
+    r_get(r, &v, 1);
+    return v;
+}
+
+/* A string, pointing into the record (which ends it with a NUL). */
+static const char *r_str(rbuf *r)
+{
+    uint32_t n;
+    r_get(r, &n, 4);
+    if (r->bad || n == UINT32_MAX)
+        return NULL;
+    if ((size_t)n >= r->left || r->p[n] != '\0' || memchr(r->p, 0, n)) {
+        r->bad = 1;
+        return NULL;
+    }
+    const char *s = r->p;
+    r->p += (size_t)n + 1;
+    r->left -= (size_t)n + 1;
+    return s;
+}
+
+static const char *r_bytes(rbuf *r, size_t n)
+{
+    if (r->bad || n > r->left) {
+        r->bad = 1;
+        return NULL;
+    }
+    const char *p = r->p;
+    r->p += n;
+    r->left -= n;
+    return p;
+}
+
+typedef struct {
+    fb_store *st;
+    int64_t n;
+} replay_ctx;
+
+/* Apply one record again. Each is idempotent: a row already inserted
+ * stays (FB_EEXIST), a row already settled stays settled (the UPDATE
+ * matches only a reserved row), a live kept result stays (FB_EEXIST). */
+static int replay_record(void *arg, const char *rec, size_t len)
+{
+    replay_ctx *x = arg;
+    rbuf r = {.p = rec, .left = len};
+    fb_err err = FB_OK;
+    uint8_t kind = r_u8(&r), fp[32];
+    if (kind == REC_INSERT) {
+        fb_entry e = {0};
+        e.id = r_i64(&r);
+        e.ts_ms = r_i64(&r);
+        e.reserved = r_i64(&r);
+        e.cost = r_i64(&r);
+        e.saved = r_i64(&r);
+        e.attempt = r_i64(&r);
+        e.status = r_i32(&r);
+        e.state = (fb_entry_state)r_i32(&r);
+        e.retry = r_i32(&r);
+        if (r_u8(&r)) {
+            r_get(&r, fp, 32);
+            e.fp = fp;
+        }
+        e.tenant = r_str(&r);
+        e.job = r_str(&r);
+        e.key_id = r_str(&r);
+        e.provider = r_str(&r);
+        e.model = r_str(&r);
+        e.path = r_str(&r);
+        e.outcome = r_str(&r);
+        if (r.bad || e.tenant == NULL || e.key_id == NULL ||
+            e.provider == NULL)
+            goto bad;
+        err = fb_store_entry_insert(x->st, &e);
+    } else if (kind == REC_COMPLETE) {
+        int64_t id = r_i64(&r), cost = r_i64(&r), expires = r_i64(&r);
+        int status = r_i32(&r);
+        const char *outcome = r_str(&r);
+        int has_result = r_u8(&r);
+        if (r.bad)
+            goto bad;
+        err = fb_store_entry_settle(x->st, id, status, cost, outcome);
+        if (err == FB_OK && has_result) {
+            fb_result res = {0};
+            const char *scope = r_str(&r), *idem = r_str(&r);
+            res.status = r_i32(&r);
+            res.stream = r_i32(&r);
+            res.cost = r_i64(&r);
+            res.seq = r_i64(&r);
+            res.attempt = r_i64(&r);
+            r_get(&r, res.fp, 32);
+            res.headers_len = (size_t)r_i64(&r);
+            res.body_len = (size_t)r_i64(&r);
+            res.headers = (char *)r_bytes(&r, res.headers_len);
+            res.body = (char *)r_bytes(&r, res.body_len);
+            if (r.bad || scope == NULL)
+                goto bad;
+            err = fb_store_result_put(x->st, scope, &res, idem, fb_wall_ms(),
+                                      expires);
+        }
+    } else {
+        goto bad;
+    }
+    if (err != FB_OK && err != FB_EEXIST) {
+        fb_log(FB_LOG_ERROR, "journal: cannot apply a record: %s",
+               fb_strerror(err));
+        return 1;
+    }
+    x->n++;
+    return 0;
+bad:
+    fb_log(FB_LOG_WARN, "journal: an unreadable record was skipped");
+    return 0;
+}
+
+fb_err fb_ledger_replay_journal(fb_store *st, fb_journal *j, int64_t *n)
+{
+    replay_ctx x = {.st = st};
+    fb_err err = fb_store_begin(st);
+    if (err == FB_OK)
+        err = fb_journal_read(j, replay_record, &x);
+    if (err == FB_OK)
+        err = fb_store_commit(st);
+    if (err != FB_OK) {
+        fb_store_rollback(st);
+        return err;
+    }
+    *n = x.n;
+    return fb_journal_reset(j);
+}
+
 void fb_ledger_insert(fb_ledger *l, const fb_entry *e, fb_ledger_done_fn cb,
                       void *arg)
 {
@@ -156,6 +511,8 @@ void fb_ledger_insert(fb_ledger *l, const fb_entry *e, fb_ledger_done_fn cb,
     o->kind = OP_INSERT;
     o->cb.done = cb;
     o->arg = arg;
+    if (l->journal != NULL && cb != NULL && journal_insert(l, o))
+        ack_now(l, o);
     enqueue(l, o);
 }
 
@@ -202,6 +559,8 @@ void fb_ledger_complete(fb_ledger *l, int64_t id, int status, fb_money cost,
         o->idem = dup_or_null(idem);
         o->expires_ms = expires_ms;
     }
+    if (l->journal != NULL && cb != NULL && journal_complete(l, o))
+        ack_now(l, o);
     enqueue(l, o);
 }
 
@@ -450,10 +809,19 @@ static void deadline(struct timespec *ts, int ms)
     ts->tv_nsec %= 1000000000L;
 }
 
+static void deadline_ns(struct timespec *ts, int64_t ns)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_nsec += (long)(ns % 1000000000);
+    ts->tv_sec += (time_t)(ns / 1000000000) + ts->tv_nsec / 1000000000L;
+    ts->tv_nsec %= 1000000000L;
+}
+
 static void *thread_main(void *arg)
 {
     fb_ledger *l = arg;
     fb_err last = FB_OK;
+    int64_t last_commit_ns = 0;
     for (;;) {
         struct timespec ts;
         pthread_mutex_lock(&l->mu);
@@ -463,7 +831,23 @@ static void *thread_main(void *arg)
             deadline(&ts, last != FB_OK ? 100 : l->poll_ms);
             pthread_cond_timedwait(&l->cv, &l->mu, &ts);
         }
+        /* Under load (the last commit was within BATCH_WINDOW_NS) and
+         * with a journal, a queue of deferrable writes waits up to that
+         * long for more: one commit for many calls (the WAL frames of
+         * shared pages are written once). Anything urgent, a long queue
+         * or stopping ends the wait; when idle, nothing waits. */
+        int busy = fb_mono_ns() - last_commit_ns < BATCH_WINDOW_NS;
+        while (busy && l->journal != NULL && l->head != NULL &&
+               l->urgent == 0 && l->backlog < BATCH_MAX && !l->stopping &&
+               last == FB_OK) {
+            int64_t left = l->head_ns + BATCH_WINDOW_NS - fb_mono_ns();
+            if (left <= 0)
+                break;
+            deadline_ns(&ts, left);
+            pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+        }
         op *batch = l->head;
+        l->urgent = 0;
         int stop = l->stopping && batch == NULL;
         l->head = l->tail = NULL;
         /* Fetch again only once the loop took the last ones. */
@@ -472,6 +856,7 @@ static void *thread_main(void *arg)
         if (stop)
             break;
         last = process(l, batch, want_changes);
+        last_commit_ns = fb_mono_ns();
     }
     return NULL;
 }
@@ -515,6 +900,17 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     l->nchanges = 0;
     pthread_mutex_unlock(&l->mu);
 
+    /* Ops whose records are in the journal: their callbacks first (they
+     * were queued before anything in the done list finished). */
+    while (l->acks != NULL) {
+        ack *a = l->acks;
+        l->acks = a->next;
+        if (l->acks == NULL)
+            l->acks_tail = NULL;
+        a->cb(a->arg, FB_OK);
+        free(a);
+    }
+
     /* The done list is newest first; reverse it to run in queue order. */
     op *fwd = NULL;
     while (list) {
@@ -523,11 +919,18 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
         fwd = list;
         list = next;
     }
+    uint64_t applied = 0;
     for (op *o = fwd, *next; o; o = next) {
         next = o->next;
+        if (o->lsn != 0 && l->journal != NULL) {
+            if (o->err == FB_OK)
+                applied = o->lsn; /* in queue order, so in record order */
+            else
+                fb_journal_hold(l->journal); /* replayed at the next start */
+        }
         switch (o->kind) {
         case OP_INSERT:
-            if (o->cb.done)
+            if (o->cb.done && !o->acked)
                 o->cb.done(o->arg, o->err);
             break;
         case OP_COMPLETE:
@@ -537,7 +940,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
                 fb_ledger_settle(l, o->entry.id, o->entry.status,
                                  o->entry.cost, o->entry.outcome);
             }
-            if (o->cb.done)
+            if (o->cb.done && !o->acked)
                 o->cb.done(o->arg, o->err == FB_OK && o->lost_race ? FB_EEXIST
                                                                    : o->err);
             break;
@@ -560,18 +963,21 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
         }
         op_free(o);
     }
+    if (applied != 0)
+        fb_journal_applied(l->journal, applied);
     for (size_t i = 0; i < nchanges; i++)
         l->on_change(l->change_arg, &changes[i]);
     free(changes);
 }
 
 fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
-                           fb_store *maint, int poll_ms,
+                           fb_store *maint, fb_journal *journal, int poll_ms,
                            fb_ledger_change_fn on_change, void *arg)
 {
     fb_ledger *l = calloc(1, sizeof *l);
     if (l == NULL)
         return NULL;
+    l->journal = journal;
     l->store = store;
     l->maint = maint;
     l->poll_ms = poll_ms > 0 ? poll_ms : 250;
@@ -626,11 +1032,17 @@ void fb_ledger_stop(fb_ledger *l)
         pthread_mutex_lock(&l->mu);
         op *batch = l->head;
         l->head = l->tail = NULL;
+        l->urgent = 0;
         pthread_mutex_unlock(&l->mu);
         if (batch == NULL)
             break;
         process(l, batch, 0);
     }
+    /* Everything is in the store now (unless a record was held back). */
+    if (l->journal != NULL)
+        fb_journal_applied(l->journal, UINT64_MAX);
+    fb_journal_close(l->journal);
+    free(l->jbuf);
     event_free(l->done_ev);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);

@@ -16,13 +16,20 @@ typedef struct fb_ledger fb_ledger;
 typedef void (*fb_ledger_change_fn)(void *arg, const fb_change *c);
 
 /* Start the threads. Takes ownership of store and maint, a second handle
- * on the same store for maintenance (checkpoints) every second; both are
- * closed by fb_ledger_stop; maint may be NULL. on_change is called on the
+ * on the same store for maintenance (checkpoints) every second, and of
+ * journal (journal.h; NULL: every insert and completion waits for its
+ * commit); all are closed by fb_ledger_stop; maint may be NULL. on_change is called on the
  * loop for every change recorded after start, polled every poll_ms. NULL
  * on failure (the stores left to the caller). */
+struct fb_journal;
 fb_ledger *fb_ledger_start(struct event_base *base, fb_store *store,
-                           fb_store *maint, int poll_ms,
-                           fb_ledger_change_fn on_change, void *arg);
+                           fb_store *maint, struct fb_journal *journal,
+                           int poll_ms, fb_ledger_change_fn on_change,
+                           void *arg);
+/* Apply what a journal holds to the store (before fb_store_recover and
+ * before fb_ledger_start), then empty it. *n: records applied. */
+fb_err fb_ledger_replay_journal(fb_store *st, struct fb_journal *j,
+                                int64_t *n);
 /* Maintenance also deletes expired kept results, and the oldest while
  * their bodies exceed max_bytes (0: no cap). */
 void fb_ledger_set_result_cap(fb_ledger *l, int64_t max_bytes);

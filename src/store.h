@@ -197,7 +197,8 @@ fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
                               const char *scope_prefix, int64_t max_bytes,
                               int64_t limit, int64_t *n);
 /* Ledger rows (paid, in flight or replayed) of (tenant, job, attempt, fp):
- * how many times this attempt already sent this request. */
+ * how many times this attempt already sent this request. Attempts are
+ * numbered from 1; attempt 0 (none) always counts 0. */
 fb_err fb_store_occurrences(fb_store *s, const char *tenant, const char *job,
                             const char *key_id, int64_t attempt,
                             const uint8_t fp[32], int64_t *n);

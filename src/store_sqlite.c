@@ -105,7 +105,7 @@ static const char *const stmt_sql[ST__COUNT] = {
      * with a result that is kept (2xx or a deterministic error). */
     [ST_OCCURRENCES] =
         "SELECT COUNT(*) FROM ledger WHERE tenant=? AND job=? AND key_id=? "
-        "AND attempt=? AND fp=? AND (state IN (0,3) OR (state=1 AND "
+        "AND attempt=? AND attempt>0 AND fp=? AND (state IN (0,3) OR (state=1 AND "
         "(status BETWEEN 200 AND 299 OR status IN (400,401,403,404,422))))",
 };
 
@@ -166,8 +166,19 @@ static const char schema_v2[] =
     "CREATE INDEX IF NOT EXISTS runs_scope ON runs(scope, started_ms);"
     "PRAGMA user_version=2;";
 
-#define SCHEMA_VERSION 2
-static const char *const migrations[SCHEMA_VERSION] = {schema_v1, schema_v2};
+/* Version 3: occurrences are counted for attempts only (fusebox run), so
+ * only their rows need the fingerprint index: a call without an attempt
+ * no longer updates a B-tree at a random page (profiling: a fifth of the
+ * pages a forwarded call wrote). */
+static const char schema_v3[] =
+    "DROP INDEX IF EXISTS ledger_fp;"
+    "CREATE INDEX IF NOT EXISTS ledger_attempt_fp ON ledger(tenant, job,"
+    " key_id, fp) WHERE fp IS NOT NULL AND attempt>0;"
+    "PRAGMA user_version=3;";
+
+#define SCHEMA_VERSION 3
+static const char *const migrations[SCHEMA_VERSION] = {schema_v1, schema_v2,
+                                                       schema_v3};
 
 struct fb_store {
     sqlite3 *db;
@@ -305,8 +316,8 @@ fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
     }
     sqlite3_busy_timeout(s->db, 5000);
     const char *pragmas = c->durability == FB_DURABILITY_FULL
-                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;"
-                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;";
+                              ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864; PRAGMA cache_size=-16384;"
+                              : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864; PRAGMA cache_size=-16384;";
     if (sqlite3_exec(s->db, pragmas, NULL, NULL, &msg) != SQLITE_OK)
         goto sqlfail;
     if (read_version(s->db, &version) != SQLITE_OK)

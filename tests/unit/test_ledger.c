@@ -1,7 +1,9 @@
 /* test_ledger.c - the store and the ledger thread: a reservation is in
  * the database when its callback runs; settlement and crash recovery
  * (RESERVED rows charged in full); spend sums per scope and period; keys
- * by hash and revocation; the change feed reaching the loop. */
+ * by hash and revocation; the change feed reaching the loop; the
+ * maintenance thread really running (purge of expired results, WAL
+ * checkpoints) while the ledger is up. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <event2/event.h>
@@ -85,7 +89,7 @@ static void test_insert_durable_then_recover(void **state)
     (void)state;
     struct event_base *base = event_base_new();
     waiter w = {.base = base};
-    fb_ledger *l = fb_ledger_start(base, open_store(), open_store(), 50, NULL, NULL);
+    fb_ledger *l = fb_ledger_start(base, open_store(), open_store(), NULL, 50, NULL, NULL);
     assert_non_null(l);
     for (int i = 1; i <= 3; i++) {
         fb_entry e = entry(i, 1000 + i, "acme", "nightly", 100 * i);
@@ -182,7 +186,7 @@ static void test_keys_and_change_feed(void **state)
     assert_int_equal(fb_store_key_insert(cli, &k), FB_OK);
     assert_int_equal(fb_store_key_insert(cli, &k), FB_EEXIST);
 
-    fb_ledger *l = fb_ledger_start(base, open_store(), NULL, 20, on_change, &w);
+    fb_ledger *l = fb_ledger_start(base, open_store(), NULL, NULL, 20, on_change, &w);
     assert_non_null(l);
     uint8_t h[32];
     fb_key_hash(text, strlen(text), h);
@@ -283,12 +287,154 @@ static void test_results_and_trips(void **state)
     fb_store_close(s);
 }
 
+/* ---- maintenance: once a second, on its own store handle ----
+ * Regression: maint_main computed its deadline on CLOCK_REALTIME while
+ * the condvar waits on CLOCK_MONOTONIC, so the deadline lay decades
+ * ahead and the thread never woke before fb_ledger_stop: no purge and no
+ * checkpoint while the daemon ran. These tests watch for the effect,
+ * polling with a bound far above one maintenance round. */
+
+#define MAINT_BOUND_MS 15000
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void nap_50ms(void)
+{
+    struct timespec ts = {0, 50 * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int64_t file_size(const char *name)
+{
+    char path[256];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
+}
+
+/* The result (scope, fp, seq 1) still exists: looked up at a time before
+ * it expired, so that only its deletion hides it. */
+static int result_present(fb_store *s, const char *scope, const uint8_t *fp,
+                          int64_t at_ms)
+{
+    fb_result got;
+    fb_err err = fb_store_result_get(s, scope, fp, 1, at_ms, &got);
+    if (err == FB_OK)
+        fb_result_clear(&got);
+    else
+        assert_int_equal(err, FB_ENOTFOUND);
+    return err == FB_OK;
+}
+
+static void test_maintenance_purges_expired(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    fb_store *cli = open_store();
+    uint8_t old_fp[32] = {0xee, 1}, live_fp[32] = {0xee, 2};
+    fb_result r = {.status = 200, .headers = "", .body = "{}", .body_len = 2,
+                   .cost = 5, .seq = 1, .attempt = 1};
+    fb_result got;
+    int64_t now = fb_wall_ms();
+
+    /* Kept in 1970 for a second: long expired. And one kept for a day. */
+    memcpy(r.fp, old_fp, 32);
+    assert_int_equal(fb_store_result_put(cli, "job:m/old", &r, "idem-old",
+                                         1000, 2000),
+                     FB_OK);
+    memcpy(r.fp, live_fp, 32);
+    assert_int_equal(fb_store_result_put(cli, "job:m/live", &r, NULL, now,
+                                         now + 86400000),
+                     FB_OK);
+    assert_true(result_present(cli, "job:m/old", old_fp, 1500));
+    assert_int_equal(fb_store_result_by_idem(cli, "job:m/old", "idem-old",
+                                             1500, &got),
+                     FB_OK);
+    fb_result_clear(&got);
+
+    fb_ledger *l = fb_ledger_start(base, open_store(), open_store(), NULL, 50, NULL,
+                                   NULL);
+    assert_non_null(l);
+    int64_t t0 = mono_ms();
+    while (result_present(cli, "job:m/old", old_fp, 1500) &&
+           mono_ms() - t0 < MAINT_BOUND_MS)
+        nap_50ms();
+    /* Gone while the ledger runs (not at fb_ledger_stop), its key too. */
+    assert_false(result_present(cli, "job:m/old", old_fp, 1500));
+    int64_t t1 = mono_ms();
+    fb_err err;
+    while ((err = fb_store_result_by_idem(cli, "job:m/old", "idem-old", 1500,
+                                          &got)) != FB_ENOTFOUND &&
+           mono_ms() - t1 < MAINT_BOUND_MS) {
+        if (err == FB_OK || err == FB_EAGAIN)
+            fb_result_clear(&got);
+        nap_50ms();
+    }
+    assert_int_equal(err, FB_ENOTFOUND);
+    /* The live one stays. */
+    assert_true(result_present(cli, "job:m/live", live_fp, now));
+    fb_ledger_stop(l);
+    fb_store_close(cli);
+    event_base_free(base);
+}
+
+static void test_maintenance_checkpoints_wal(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    fb_store *cli = open_store();
+    /* Every handle of the earlier tests is closed, and the last close
+     * checkpointed: the main file holds everything so far. From here on
+     * commits only append to the -wal file (wal_autocheckpoint=0), so the
+     * main file grows only when maintenance checkpoints. */
+    int64_t before = file_size("fusebox.db");
+    assert_true(before > 0);
+
+    fb_ledger *l = fb_ledger_start(base, open_store(), open_store(), NULL, 50, NULL,
+                                   NULL);
+    assert_non_null(l);
+    char path[301];
+    memset(path, 'p', sizeof path - 1);
+    path[sizeof path - 1] = '\0';
+    enum { ROWS = 600 }; /* ~200 KB of rows: dozens of new pages */
+    for (int i = 0; i < ROWS; i++) {
+        fb_entry e = entry(10000 + i, 2000000 + i, "wal", "grow", 1);
+        e.path = path;
+        fb_ledger_insert(l, &e, NULL, NULL);
+    }
+    int64_t t0 = mono_ms();
+    while (fb_ledger_backlog(l) > 0 && mono_ms() - t0 < MAINT_BOUND_MS)
+        nap_50ms();
+    assert_int_equal(fb_ledger_backlog(l), 0);
+    fb_spend sp;
+    fb_spend_filter f = {.tenant = "wal"};
+    assert_int_equal(fb_store_spend(cli, &f, &sp), FB_OK);
+    assert_int_equal(sp.calls, ROWS); /* committed (in the WAL at least) */
+
+    int64_t t1 = mono_ms();
+    while (file_size("fusebox.db") < before + 100 * 1024 &&
+           mono_ms() - t1 < MAINT_BOUND_MS)
+        nap_50ms();
+    /* Copied into the main file while every handle is still open. */
+    assert_true(file_size("fusebox.db") >= before + 100 * 1024);
+    fb_ledger_stop(l);
+    fb_store_close(cli);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_durable_then_recover),
         cmocka_unit_test(test_keys_and_change_feed),
         cmocka_unit_test(test_results_and_trips),
+        cmocka_unit_test(test_maintenance_purges_expired),
+        cmocka_unit_test(test_maintenance_checkpoints_wal),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
