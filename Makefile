@@ -3,7 +3,9 @@
 #   make test       unit tests (cmocka) and black-box tests (node:test)
 #   make demo       a job hitting its ceiling, against the fake provider
 #   make demo-incident  a failing job rerun by a naive queue, three ways
-#   make bench      fusebox side by side with nginx (wrk), tables in bench/results/
+#   make bench      fusebox side by side with nginx and Portkey, tables in bench/results/
+#   make bench-scale  memory with many keys, results and open streams
+#   make callgrind-check  instructions per call against bench/callgrind.limits
 #   make SANITIZE=1 ASan + UBSan build (into build-san/)
 #   make install PREFIX=/usr/local
 
@@ -43,7 +45,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e demo demo-incident bench install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e demo demo-incident bench callgrind-check install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -92,8 +94,18 @@ demo-incident: deps
 	@scripts/demo-incident.sh $(abspath $(BUILD)/fusebox)
 
 bench: deps
+	@$(MAKE) --no-print-directory all $(BUILD)/loadgen
+	@bench/run.sh $(abspath $(BUILD)/fusebox) $(abspath $(BUILD)/loadgen)
+
+callgrind-check: deps
 	@$(MAKE) --no-print-directory all
-	@bench/run.sh $(abspath $(BUILD)/fusebox)
+	@bench/callgrind.sh $(abspath $(BUILD)/fusebox)
+
+# The bench's load generator (open loop at fixed rates, p99.9): libevent only.
+$(BUILD)/loadgen: bench/loadgen.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(shell pkg-config --cflags libevent) \
+	    -o $@ $< $(shell pkg-config --libs libevent) -lm
 
 valgrind: deps
 	@$(MAKE) --no-print-directory all
