@@ -42,6 +42,7 @@
 
 #include "budget.h"
 #include "journal.h"
+#include "json.h"
 #include "keys.h"
 #include "ledger.h"
 #include "log.h"
@@ -1236,8 +1237,8 @@ static void with_key(gw_req *gr)
     if (gr->replay) {
         /* The client's request, before any rewrite of ours. */
         fb_fingerprint(gr->method, gr->pc->name, gr->path, gr->body,
-                       gr->body_len, g->c->replay_ignore, g->c->nreplay_ignore,
-                       gr->fp);
+                       gr->body_len, gr->call.doc, g->c->replay_ignore,
+                       g->c->nreplay_ignore, gr->fp);
         if (gr->key.job[0])
             snprintf(gr->rscope, sizeof gr->rscope, "job:%s/%s",
                      gr->key.tenant, gr->key.job);
@@ -1245,6 +1246,10 @@ static void with_key(gw_req *gr)
             snprintf(gr->rscope, sizeof gr->rscope, "key:%s", gr->key.id);
         fb_replay_key(gr->fkey, gr->rscope, "f", gr->fp, 0);
     }
+    /* The parsed body points into gr->body: done with it before that
+     * changes. */
+    fb_json_free(gr->call.doc);
+    gr->call.doc = NULL;
     if (nb != NULL) {
         gr->new_body = nb;
         gr->body = nb;

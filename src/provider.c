@@ -299,7 +299,10 @@ static fb_refuse openai_inspect(const fb_provider_conf *pc,
         (*new_body = ask_usage(j, body, len, new_len)) != NULL)
         call->usage_injected = 1;
 out:
-    fb_json_free(j);
+    if (r == FB_REFUSE_NONE)
+        call->doc = j; /* the caller's now */
+    else
+        fb_json_free(j);
     return r;
 }
 
@@ -343,7 +346,10 @@ static fb_refuse anthropic_inspect(const fb_provider_conf *pc,
     if (worst_tokens(call, (int64_t)len, out, msg, cap) != 0)
         r = FB_REFUSE_BAD_REQUEST;
 out:
-    fb_json_free(j);
+    if (r == FB_REFUSE_NONE)
+        call->doc = j; /* the caller's now */
+    else
+        fb_json_free(j);
     return r;
 }
 

@@ -32,6 +32,9 @@ typedef struct fb_call {
     int usage_injected;    /* we asked for stream usage the client did not */
     fb_money worst;        /* worst-case cost, reserved before the call */
     int64_t worst_in, worst_out; /* token bounds behind worst */
+    struct fb_json *doc;   /* the body as parsed by inspect (a JSON object,
+                              else NULL), for the fingerprint to reuse; the
+                              caller frees it (fb_json_free) */
 } fb_call;
 
 /* Why inspect refused a request. */

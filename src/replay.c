@@ -91,18 +91,21 @@ static void sha256_parts(uint8_t out[32], const void *const *parts,
 
 void fb_fingerprint(const char *method, const char *provider,
                     const char *path, const char *body, size_t len,
-                    char *const *ignore, size_t nignore, uint8_t fp[32])
+                    const fb_json *doc, char *const *ignore, size_t nignore,
+                    uint8_t fp[32])
 {
     char *canon = NULL;
     size_t clen = 0;
     /* Only an object or an array is canonicalised, as before (jansson
      * without JSON_DECODE_ANY); anything else is hashed as sent. */
-    fb_json *j = len > 0 ? fb_json_parse(body, len, FB_JSON_UNIQUE, NULL, 0)
-                         : NULL;
+    fb_json *own = doc == NULL && len > 0
+                       ? fb_json_parse(body, len, FB_JSON_UNIQUE, NULL, 0)
+                       : NULL;
+    const fb_json *j = doc ? doc : own;
     fb_json_type t = fb_json_typeof(j, j ? 0 : -1);
     if (t == FB_JSON_OBJECT || t == FB_JSON_ARRAY)
         canon = fb_json_canonical(j, ignore, nignore, &clen);
-    fb_json_free(j);
+    fb_json_free(own);
     const void *parts[5] = {"fusebox-fp-1", method, provider, path,
                             canon ? canon : body};
     size_t lens[5] = {12, strlen(method), strlen(provider), strlen(path),

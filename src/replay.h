@@ -11,10 +11,13 @@
 
 /* SHA-256 over method, provider, path (with its query) and the body as
  * canonical JSON (keys sorted, no blanks), minus the top-level fields in
- * ignore[]; a body that is not JSON is hashed as is. */
+ * ignore[]; a body that is not JSON is hashed as is. doc: the body already
+ * parsed (with FB_JSON_UNIQUE), or NULL to parse it here. */
+struct fb_json;
 void fb_fingerprint(const char *method, const char *provider,
                     const char *path, const char *body, size_t len,
-                    char *const *ignore, size_t nignore, uint8_t fp[32]);
+                    const struct fb_json *doc, char *const *ignore,
+                    size_t nignore, uint8_t fp[32]);
 
 /* SHA-256 of the parts joined by NULs: a fixed-size key for the maps. */
 void fb_replay_key(uint8_t out[32], const char *a, const char *b,

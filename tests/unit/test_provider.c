@@ -9,6 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "json.h"
 #include "provider.h"
 #include "sse.h"
 
@@ -50,9 +51,12 @@ static fb_refuse inspect(const fb_provider_conf *pc, const char *method,
     char msg[256];
     memset(call, 0, sizeof *call);
     *nb = NULL;
-    return fb_provider_ops_for(pc->kind)->inspect(
+    fb_refuse r = fb_provider_ops_for(pc->kind)->inspect(
         pc, prices, method, path, body, strlen(body), call, nb, nl, msg,
         sizeof msg);
+    fb_json_free(call->doc);
+    call->doc = NULL;
+    return r;
 }
 
 static void test_openai_worst_case(void **state)

@@ -17,7 +17,7 @@ static void fp_of(const char *body, char *const *ignore, size_t n,
                   uint8_t out[32])
 {
     fb_fingerprint("POST", "openai", "/v1/chat/completions", body,
-                   strlen(body), ignore, n, out);
+                   strlen(body), NULL, ignore, n, out);
 }
 
 static void test_fingerprint(void **state)
@@ -45,12 +45,12 @@ static void test_fingerprint(void **state)
           NULL, 0, c);
     assert_memory_not_equal(a, c, 32);
     /* The route is part of it. */
-    fb_fingerprint("POST", "openai", "/v1/responses", "{}", 2, NULL, 0, b);
-    fb_fingerprint("POST", "openai", "/v1/embeddings", "{}", 2, NULL, 0, c);
+    fb_fingerprint("POST", "openai", "/v1/responses", "{}", 2, NULL, NULL, 0, b);
+    fb_fingerprint("POST", "openai", "/v1/embeddings", "{}", 2, NULL, NULL, 0, c);
     assert_memory_not_equal(b, c, 32);
     /* Not JSON: the bytes as they are. */
-    fb_fingerprint("POST", "sms", "/send", "a=1", 3, NULL, 0, b);
-    fb_fingerprint("POST", "sms", "/send", "a=2", 3, NULL, 0, c);
+    fb_fingerprint("POST", "sms", "/send", "a=1", 3, NULL, NULL, 0, b);
+    fb_fingerprint("POST", "sms", "/send", "a=2", 3, NULL, NULL, 0, c);
     assert_memory_not_equal(b, c, 32);
 }
 
