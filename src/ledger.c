@@ -16,10 +16,11 @@
  *     (checkpoints) once a second, so the commit path never waits for the
  *     fsync a checkpoint does.
  *  5. With a journal (journal.h), an insert or a completion is written to
- *     it on the loop and its callback runs at once ("acked"), before the
- *     commit; the op still goes through the queue in order, so a later
- *     read sees it, and a journal file is emptied only once every record
- *     in it was committed. */
+ *     it on the loop and its callback runs at once, before the call
+ *     returns ("acked"; invariant 1 holds for the others); the op still
+ *     goes through the queue in order, so a later read sees it, and a
+ *     journal file is emptied only once every record in it was
+ *     committed. */
 #include "ledger.h"
 
 #include <event2/event.h>
@@ -91,6 +92,7 @@ struct fb_ledger {
     op *head, *tail;  /* queued, guarded by mu */
     int64_t head_ns;  /* when the queue last became non-empty, under mu */
     size_t urgent;    /* queued ops that are not deferrable, under mu */
+    int gathering;    /* the thread waits for a batch to fill, under mu */
     op *done;         /* finished, guarded by mu, reversed */
     size_t backlog;   /* queued + running, guarded by mu */
     int stopping;     /* guarded by mu */
@@ -104,17 +106,10 @@ struct fb_ledger {
     fb_change *fetched; /* the thread's own, handed over under mu */
     size_t nfetched, capfetched;
     fb_journal *journal; /* loop only; NULL: every op waits for its commit */
-    struct ack *acks, *acks_tail; /* loop only: callbacks to run */
     unsigned char *jbuf; /* loop only: a record being encoded */
     size_t jcap;
 };
 
-/* A callback due now: its op's record is in the journal. */
-typedef struct ack {
-    struct ack *next;
-    fb_ledger_done_fn cb;
-    void *arg;
-} ack;
 
 static void op_free(op *o)
 {
@@ -154,9 +149,13 @@ static void enqueue(fb_ledger *l, op *o)
     }
     l->tail = o;
     l->backlog++;
-    if (!deferrable(o))
+    int urgent = !deferrable(o);
+    if (urgent)
         l->urgent++;
-    pthread_cond_signal(&l->cv);
+    /* A thread gathering a batch is woken only by what ends the wait:
+     * waking it for each write it lets by is a context switch apiece. */
+    if (urgent || !l->gathering || l->backlog >= BATCH_MAX)
+        pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
 }
 
@@ -269,21 +268,6 @@ static int journal_op(fb_ledger *l, op *o, wbuf *w, const fb_result *r)
     return o->lsn != 0;
 }
 
-static void ack_now(fb_ledger *l, op *o)
-{
-    ack *a = malloc(sizeof *a);
-    FB_ASSERT(a != NULL);
-    a->next = NULL;
-    a->cb = o->cb.done;
-    a->arg = o->arg;
-    if (l->acks_tail)
-        l->acks_tail->next = a;
-    else
-        l->acks = a;
-    l->acks_tail = a;
-    o->acked = 1;
-    event_active(l->done_ev, EV_READ, 0);
-}
 
 static int journal_insert(fb_ledger *l, op *o)
 {
@@ -511,9 +495,13 @@ void fb_ledger_insert(fb_ledger *l, const fb_entry *e, fb_ledger_done_fn cb,
     o->kind = OP_INSERT;
     o->cb.done = cb;
     o->arg = arg;
-    if (l->journal != NULL && cb != NULL && journal_insert(l, o))
-        ack_now(l, o);
+    /* In the journal: durable now. The op still goes to the store, in
+     * order; the caller goes on at once (cb runs before this returns). */
+    int acked = l->journal != NULL && cb != NULL && journal_insert(l, o);
+    o->acked = acked;
     enqueue(l, o);
+    if (acked)
+        cb(arg, FB_OK);
 }
 
 void fb_ledger_settle(fb_ledger *l, int64_t id, int status, fb_money cost,
@@ -559,9 +547,11 @@ void fb_ledger_complete(fb_ledger *l, int64_t id, int status, fb_money cost,
         o->idem = dup_or_null(idem);
         o->expires_ms = expires_ms;
     }
-    if (l->journal != NULL && cb != NULL && journal_complete(l, o))
-        ack_now(l, o);
+    int acked = l->journal != NULL && cb != NULL && journal_complete(l, o);
+    o->acked = acked;
     enqueue(l, o);
+    if (acked)
+        cb(arg, FB_OK);
 }
 
 /* An op on a kept result or key binding: (scope, idem, fp, seq). */
@@ -844,7 +834,9 @@ static void *thread_main(void *arg)
             if (left <= 0)
                 break;
             deadline_ns(&ts, left);
+            l->gathering = 1;
             pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+            l->gathering = 0;
         }
         op *batch = l->head;
         l->urgent = 0;
@@ -899,17 +891,6 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     l->changes = NULL;
     l->nchanges = 0;
     pthread_mutex_unlock(&l->mu);
-
-    /* Ops whose records are in the journal: their callbacks first (they
-     * were queued before anything in the done list finished). */
-    while (l->acks != NULL) {
-        ack *a = l->acks;
-        l->acks = a->next;
-        if (l->acks == NULL)
-            l->acks_tail = NULL;
-        a->cb(a->arg, FB_OK);
-        free(a);
-    }
 
     /* The done list is newest first; reverse it to run in queue order. */
     op *fwd = NULL;

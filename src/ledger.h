@@ -38,7 +38,9 @@ void fb_ledger_set_result_cap(fb_ledger *l, int64_t max_bytes);
 void fb_ledger_stop(fb_ledger *l);
 
 /* Make e durable (strings copied now). cb runs on the loop once the row
- * is committed (err FB_OK) or could not be (FB_EIO...); NULL: no callback. */
+ * is committed (err FB_OK) or could not be (FB_EIO...); NULL: no callback.
+ * With a journal, once its record is written: cb(arg, FB_OK) runs before
+ * this returns, so call it last. The same holds for fb_ledger_complete. */
 typedef void (*fb_ledger_done_fn)(void *arg, fb_err err);
 void fb_ledger_insert(fb_ledger *l, const fb_entry *e, fb_ledger_done_fn cb,
                       void *arg);
