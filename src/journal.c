@@ -49,6 +49,8 @@ static void sum_word(sum_state *s, const unsigned char *p)
 
 static void sum_add(sum_state *s, const unsigned char *p, size_t n)
 {
+    if (n == 0) /* p may be NULL then */
+        return;
     if (s->ntail > 0) {
         while (s->ntail < 8 && n > 0) {
             s->tail[s->ntail++] = *p++;

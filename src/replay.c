@@ -483,9 +483,12 @@ void fb_cache_put(fb_replay *r, const uint8_t key[32], const fb_result *res,
         free(c);
         return;
     }
-    memcpy(c->res.headers, res->headers, res->headers_len);
+    /* An empty body may come as NULL (an empty evbuffer's pullup). */
+    if (res->headers_len > 0)
+        memcpy(c->res.headers, res->headers, res->headers_len);
     c->res.headers[res->headers_len] = '\0';
-    memcpy(c->res.body, res->body, res->body_len);
+    if (res->body_len > 0)
+        memcpy(c->res.body, res->body, res->body_len);
     c->res.body[res->body_len] = '\0';
     memcpy(c->key, key, 32);
     c->expires_ms = expires_ms;
