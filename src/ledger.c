@@ -811,7 +811,6 @@ static void *thread_main(void *arg)
 {
     fb_ledger *l = arg;
     fb_err last = FB_OK;
-    int64_t last_commit_ns = 0;
     for (;;) {
         struct timespec ts;
         pthread_mutex_lock(&l->mu);
@@ -821,15 +820,13 @@ static void *thread_main(void *arg)
             deadline(&ts, last != FB_OK ? 100 : l->poll_ms);
             pthread_cond_timedwait(&l->cv, &l->mu, &ts);
         }
-        /* Under load (the last commit was within BATCH_WINDOW_NS) and
-         * with a journal, a queue of deferrable writes waits up to that
-         * long for more: one commit for many calls (the WAL frames of
-         * shared pages are written once). Anything urgent, a long queue
-         * or stopping ends the wait; when idle, nothing waits. */
-        int busy = fb_mono_ns() - last_commit_ns < BATCH_WINDOW_NS;
-        while (busy && l->journal != NULL && l->head != NULL &&
-               l->urgent == 0 && l->backlog < BATCH_MAX && !l->stopping &&
-               last == FB_OK) {
+        /* With a journal, a queue of deferrable writes waits up to
+         * BATCH_WINDOW_NS for more: one commit for many calls (the WAL
+         * frames of shared pages are written once, the locks taken
+         * once). Anything urgent, a long queue or stopping ends the
+         * wait. */
+        while (l->journal != NULL && l->head != NULL && l->urgent == 0 &&
+               l->backlog < BATCH_MAX && !l->stopping && last == FB_OK) {
             int64_t left = l->head_ns + BATCH_WINDOW_NS - fb_mono_ns();
             if (left <= 0)
                 break;
@@ -848,7 +845,6 @@ static void *thread_main(void *arg)
         if (stop)
             break;
         last = process(l, batch, want_changes);
-        last_commit_ns = fb_mono_ns();
     }
     return NULL;
 }
