@@ -607,12 +607,26 @@ void fb_req_reply(fb_req *r, int status, const char *extra_headers,
                   const char *ctype, const char *body, size_t len)
 {
     if (r->conn != NULL) {
-        struct evbuffer *out = bufferevent_get_output(r->conn->bev);
-        write_head(out, status, extra_headers, ctype, r->keep_alive,
+        struct bufferevent *bev = r->conn->bev;
+        struct evbuffer *out = bufferevent_get_output(bev);
+        /* Nothing queued before it: the answer is written now, and only
+         * what the socket does not take is left to the bufferevent. Going
+         * through it would cost two epoll_ctl calls and a loop pass for
+         * every answer (it waits to be told the socket is writable). */
+        int direct = evbuffer_get_length(out) == 0;
+        struct evbuffer *b = direct ? evbuffer_new() : NULL;
+        struct evbuffer *dst = b ? b : out;
+        write_head(dst, status, extra_headers, ctype, r->keep_alive,
                    r->http10);
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n\r\n", len);
+        evbuffer_add_printf(dst, "Content-Length: %zu\r\n\r\n", len);
         if (len > 0 && r->head.method != FB_HTTP_HEAD)
-            evbuffer_add(out, body, len);
+            evbuffer_add(dst, body, len);
+        if (b != NULL) {
+            (void)evbuffer_write(b, bufferevent_getfd(bev));
+            if (evbuffer_get_length(b) > 0) /* the rest, or a failure */
+                evbuffer_add_buffer(out, b);
+            evbuffer_free(b);
+        }
     }
     req_done(r);
 }
