@@ -33,6 +33,7 @@
 #include "budget.h"
 #include "journal.h"
 #include "log.h"
+#include "map.h"
 
 /* Journal mode: how long deferrable writes wait for company, and how
  * many make a batch worth committing at once. */
@@ -66,6 +67,7 @@ typedef struct op {
     char *idem;        /* OP_COMPLETE, OP_RESULT */
     int has_result;
     int lost_race;     /* OP_COMPLETE: the seq was kept by another call */
+    int in_insert;     /* OP_COMPLETE: settled by its insert (coalesce) */
     fb_result res;     /* kept or found; buffers owned by the op */
     int64_t expires_ms;
     int64_t count;
@@ -651,8 +653,10 @@ static void run_op(fb_ledger *l, op *o)
                                        o->entry.cost, o->entry.outcome);
         break;
     case OP_COMPLETE:
-        o->err = fb_store_entry_settle(l->store, o->entry.id, o->entry.status,
-                                       o->entry.cost, o->entry.outcome);
+        o->err = o->in_insert ? FB_OK
+                              : fb_store_entry_settle(
+                                    l->store, o->entry.id, o->entry.status,
+                                    o->entry.cost, o->entry.outcome);
         if (o->err == FB_OK && o->has_result) {
             /* A kept result that loses a race for its seq (or key) is
              * dropped; the settlement stands. */
@@ -726,9 +730,45 @@ static int collect_change(void *arg, const fb_change *c)
  * (a failed transaction is rolled back whole) and FB_EIO or the like is
  * returned. An op's own error that leaves the transaction alive (a
  * duplicate key, say) fails that op only. */
+/* A call's insert and its completion in one batch (the journal lets a
+ * batch gather for milliseconds, longer than most calls to a nearby
+ * provider) are written as one settled row: the row is written once, and
+ * the index of calls in flight gets no entry to remove again. Not when
+ * the batch also reads the ledger: an occurrence count or a key's spend
+ * could run between the two and must see the call in flight. */
+static void coalesce(op *batch)
+{
+    fb_map *ins = NULL;
+    for (op *o = batch; o != NULL; o = o->next)
+        if (o->kind == OP_COUNT || o->kind == OP_KEY_LOOKUP)
+            return;
+    for (op *o = batch; o != NULL; o = o->next) {
+        if (o->kind == OP_INSERT && o->entry.state == FB_ENTRY_RESERVED) {
+            if (ins == NULL && (ins = fb_map_new()) == NULL)
+                return;
+            if (fb_map_put(ins, (const char *)&o->entry.id, sizeof o->entry.id,
+                           o, NULL) != FB_OK)
+                break;
+        } else if (o->kind == OP_COMPLETE && ins != NULL) {
+            op *i = fb_map_del(ins, (const char *)&o->entry.id,
+                               sizeof o->entry.id);
+            if (i == NULL)
+                continue;
+            i->entry.state = FB_ENTRY_SETTLED;
+            i->entry.status = o->entry.status;
+            i->entry.cost = o->entry.cost;
+            i->entry.outcome = o->entry.outcome; /* o outlives the batch */
+            o->in_insert = 1;
+        }
+    }
+    fb_map_free(ins, NULL);
+}
+
 static fb_err run_batch(fb_ledger *l, op *batch)
 {
     fb_err err = fb_store_begin(l->store);
+    if (batch != NULL && batch->next != NULL)
+        coalesce(batch);
     for (op *o = batch; o != NULL && err == FB_OK; o = o->next) {
         run_op(l, o);
         if (!fb_store_in_transaction(l->store))

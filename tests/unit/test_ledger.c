@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "journal.h"
 #include "keys.h"
 #include "ledger.h"
 #include "store.h"
@@ -427,6 +428,57 @@ static void test_maintenance_checkpoints_wal(void **state)
     event_base_free(base);
 }
 
+/* ---- the journal ----
+ * Inserts and completions are acked as soon as their records are written
+ * (the callbacks run inline), and the ledger thread writes a call's
+ * insert and completion as one settled row when they share a batch. */
+
+static void count_ack(void *arg, fb_err err)
+{
+    int *n = arg;
+    assert_int_equal(err, FB_OK);
+    (*n)++;
+}
+
+static void test_journal_acks_and_coalesces(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    fb_journal *j = NULL;
+    int acked = 0;
+    assert_int_equal(fb_journal_open(dir, &j), FB_OK);
+    fb_ledger *l = fb_ledger_start(base, open_store(), NULL, j, 50, NULL,
+                                   NULL);
+    assert_non_null(l);
+    for (int i = 1; i <= 20; i++) {
+        fb_entry e = entry(900000 + i, 9000 + i, "coal", "nightly", 1000);
+        fb_ledger_insert(l, &e, count_ack, &acked);
+        assert_int_equal(acked, 2 * i - 1); /* inline: before it returns */
+        fb_ledger_complete(l, 900000 + i, 200, 400, "ok", NULL, NULL, NULL, 0,
+                           count_ack, &acked);
+        assert_int_equal(acked, 2 * i);
+    }
+    fb_ledger_stop(l);
+    event_base_free(base);
+
+    /* Every call settled at its cost, nothing left in flight; the journal
+     * emptied at the stop. */
+    fb_store *s = open_store();
+    fb_spend sp;
+    fb_spend_filter f = {.tenant = "coal"};
+    assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
+    assert_int_equal(sp.calls, 20);
+    assert_int_equal(sp.paid_calls, 20);
+    assert_int_equal(sp.reserved, 0); /* none left in flight */
+    assert_int_equal(sp.spent, 20 * 400);
+    fb_store_close(s);
+    char path[128];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/fusebox.journal.0", dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -435,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_results_and_trips),
         cmocka_unit_test(test_maintenance_purges_expired),
         cmocka_unit_test(test_maintenance_checkpoints_wal),
+        cmocka_unit_test(test_journal_acks_and_coalesces),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
