@@ -183,7 +183,8 @@ fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
 fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
                           const uint8_t fp[32], int64_t seq, int64_t now_ms,
                           int64_t expires_ms);
-/* Calls fn for every result unexpired at now_ms (its scope, fp, seq). */
+/* Calls fn for every kept result (its scope, fp, seq), expired ones that
+ * are not purged yet included (read from an index, not the bodies). */
 fb_err fb_store_result_keys(fb_store *s, int64_t now_ms,
                             int (*fn)(void *arg, const char *scope,
                                       const uint8_t fp[32], int64_t seq),

@@ -428,6 +428,45 @@ static void test_maintenance_checkpoints_wal(void **state)
     event_base_free(base);
 }
 
+/* The size cap: the oldest results go until the bodies fit, no more. */
+static void test_results_size_cap(void **state)
+{
+    (void)state;
+    fb_store *s = open_store();
+    char body[1000];
+    int64_t n = 0;
+    memset(body, 'b', sizeof body);
+    /* Whatever other tests kept is purged first (expired at a far time). */
+    assert_int_equal(fb_store_results_purge(s, INT64_MAX, NULL, 0, 0, &n),
+                     FB_OK);
+    for (int i = 1; i <= 10; i++) {
+        fb_result r = {.status = 200, .headers = "", .body = body,
+                       .body_len = sizeof body, .seq = 1};
+        memset(r.fp, i, sizeof r.fp);
+        assert_int_equal(fb_store_result_put(s, "job:cap/j", &r, NULL, 1000,
+                                             INT64_MAX / 2),
+                         FB_OK);
+    }
+    /* 10,000 bytes against a cap of 5,500: the five oldest go. */
+    assert_int_equal(fb_store_results_purge(s, 2000, NULL, 5500, 0, &n),
+                     FB_OK);
+    assert_int_equal(n, 5);
+    for (int i = 1; i <= 10; i++) {
+        fb_result got;
+        uint8_t fp[32];
+        memset(fp, i, sizeof fp);
+        fb_err e = fb_store_result_get(s, "job:cap/j", fp, 1, 2000, &got);
+        assert_int_equal(e, i <= 5 ? FB_ENOTFOUND : FB_OK);
+        if (e == FB_OK)
+            fb_result_clear(&got);
+    }
+    /* Under the cap: nothing more goes. */
+    assert_int_equal(fb_store_results_purge(s, 2000, NULL, 5500, 0, &n),
+                     FB_OK);
+    assert_int_equal(n, 0);
+    fb_store_close(s);
+}
+
 /* ---- the journal ----
  * Inserts and completions are acked as soon as their records are written
  * (the callbacks run inline), and the ledger thread writes a call's
@@ -488,6 +527,7 @@ int main(void)
         cmocka_unit_test(test_maintenance_purges_expired),
         cmocka_unit_test(test_maintenance_checkpoints_wal),
         cmocka_unit_test(test_journal_acks_and_coalesces),
+        cmocka_unit_test(test_results_size_cap),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
