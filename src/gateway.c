@@ -34,6 +34,7 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -1553,6 +1554,30 @@ static int seed_scopes(gateway *g, fb_store *st)
     return 0;
 }
 
+/* Each client connection can hold an upstream one: 2 descriptors per
+ * connection, and the store's and the listener's besides. The soft limit
+ * (often 1024) goes up to the hard one; if that is still too few, say so
+ * now rather than fail calls at the peak. */
+static void raise_fd_limit(const fb_config *c)
+{
+    struct rlimit rl;
+    rlim_t need = 2 * (rlim_t)c->max_connections + 64;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+        (void)getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < need)
+        fb_log(FB_LOG_WARN,
+               "open files are limited to %llu; max_connections %d needs %llu "
+               "(a client and an upstream connection each); raise the limit "
+               "or lower limits.max_connections",
+               (unsigned long long)rl.rlim_cur, c->max_connections,
+               (unsigned long long)need);
+}
+
 int fb_gateway_serve(const fb_config *c)
 {
     gateway g = {0};
@@ -1564,6 +1589,7 @@ int fb_gateway_serve(const fb_config *c)
 
     fb_log_set_level(c->log_level);
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit(c);
     g.c = c;
     if (evthread_use_pthreads() != 0 || (g.base = event_base_new()) == NULL) {
         fb_log(FB_LOG_ERROR, "cannot start the event loop");
