@@ -24,6 +24,7 @@
 #include "ledger.h"
 
 #include <event2/event.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -906,9 +907,14 @@ static void *maint_main(void *arg)
         /* Expired results go in small slices (writers wait for each), and
          * the size cap is checked once a minute (it sums every body). */
         int64_t n = 0, now = fb_wall_ms();
-        (void)fb_store_results_purge(l->maint, now, NULL,
-                                     ++rounds % 60 == 0 ? cap : 0, 200, &n);
+        int minute = ++rounds % 60 == 0;
+        (void)fb_store_results_purge(l->maint, now, NULL, minute ? cap : 0,
+                                     200, &n);
         (void)fb_store_checkpoint(l->maint);
+        /* After a burst (10,000 streams, say) glibc keeps the freed heap:
+         * 465 of 504 MB free, measured. Give it back once a minute. */
+        if (minute)
+            malloc_trim(0);
         pthread_mutex_lock(&l->mu);
     }
     pthread_mutex_unlock(&l->mu);
