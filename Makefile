@@ -45,7 +45,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e demo demo-incident bench callgrind-check install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e demo demo-incident bench bench-scale callgrind-check install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -100,6 +100,12 @@ bench: deps
 callgrind-check: deps
 	@$(MAKE) --no-print-directory all
 	@bench/callgrind.sh $(abspath $(BUILD)/fusebox)
+
+# Memory and scale (issue 5): 10,000 open streams, 1/100/10,000 keys, a
+# million kept results; tables in bench/results/scale.{md,json}.
+bench-scale: deps
+	@$(MAKE) --no-print-directory all
+	@node bench/scale.mjs $(abspath $(BUILD)/fusebox)
 
 # The bench's load generator (open loop at fixed rates, p99.9): libevent only.
 $(BUILD)/loadgen: bench/loadgen.c
