@@ -15,6 +15,7 @@
 /* Easy handles kept for reuse: a fresh one allocates (and the kernel
  * zeroes) its transfer buffers on every call, which profiling showed as a
  * quarter of the loop's time under load. */
+#define UPSTREAM_IDLE_MAX 256 /* idle upstream connections kept */
 #define EASY_POOL 256
 
 struct fb_upstream {
@@ -138,6 +139,12 @@ fb_upstream *fb_upstream_new(struct event_base *base,
     curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
     curl_multi_setopt(u->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    /* libcurl's default keeps 4 idle connections per transfer in flight
+     * at the moment one ends: when fewer are in flight for an instant,
+     * good connections are closed and reopened (seen under load), and
+     * after a burst of 10,000 streams 7,000 idle ones stay. A fixed cap
+     * keeps a steady pool and lets a burst's surplus go. */
+    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)UPSTREAM_IDLE_MAX);
     return u;
 }
 
