@@ -881,7 +881,7 @@ function markdown(R) {
     }
     L.push('');
     L.push('The last column times, with the sqlite3 CLI, the sum the maintenance thread computes once a minute for ' +
-      '`replay.max_bytes` (`fb_store_results_purge`): it reads every row, in a read of its own (in WAL mode the ledger's writes go on meanwhile).');
+      '`replay.max_bytes` (`fb_store_results_purge`): it reads every row, in a read of its own (in WAL mode the writes of the ledger go on meanwhile).');
     const st = R.replay.stall;
     if (st) {
       L.push('');
