@@ -1343,10 +1343,15 @@ static void handle(void *ud, fb_req *req)
                      NULL);
         return;
     }
-    if ((pathlen == 8 && memcmp(t, "/healthz", 8) == 0) ||
-        (pathlen == 7 && memcmp(t, "/readyz", 7) == 0)) {
-        reply_simple(req, g->draining ? 503 : 200,
-                     g->draining ? "{\"status\":\"draining\"}"
+    /* /healthz: the process serves. /readyz: it can take paid calls too;
+     * with the store failing (a disk full, say) paid calls are refused
+     * (fail closed) and a balancer should send them elsewhere. */
+    int live = pathlen == 8 && memcmp(t, "/healthz", 8) == 0;
+    if (live || (pathlen == 7 && memcmp(t, "/readyz", 7) == 0)) {
+        int store_ok = live || fb_ledger_ok(g->ledger);
+        reply_simple(req, g->draining || !store_ok ? 503 : 200,
+                     g->draining  ? "{\"status\":\"draining\"}"
+                     : !store_ok ? "{\"status\":\"store_unavailable\"}"
                                  : "{\"status\":\"ok\"}");
         return;
     }

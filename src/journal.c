@@ -255,10 +255,10 @@ uint64_t fb_journal_append(fb_journal *j, const struct iovec *iov, int n)
          * start reads as the end; records after it would be lost, so
          * this file takes no more. */
         fb_log(FB_LOG_ERROR,
-               "journal: write failed: %s; calls now wait for the store",
+               "journal: write failed: %s; calls wait for the store until "
+               "it is writable again",
                w < 0 ? strerror(errno) : "short write");
         j->broken = 1;
-        j->held = 1;
         return 0;
     }
     j->next++;
@@ -275,6 +275,18 @@ void fb_journal_applied(fb_journal *j, uint64_t seq)
         j->applied = seq;
     if (j->held)
         return;
+    /* After a failed write (a disk full, say): once the store holds every
+     * record written before it, the files, torn end and all, are emptied
+     * and take records again; if the disk is still full, the next write
+     * fails the same way. */
+    if (j->broken && j->applied >= j->next - 1) {
+        if (empty(j, 0) == FB_OK && empty(j, 1) == FB_OK) {
+            j->cur = 0;
+            j->broken = 0;
+            fb_log(FB_LOG_INFO, "journal: writable again");
+        }
+        return;
+    }
     for (int i = 0; i < 2; i++) {
         if (j->last[i] == 0 || j->last[i] > j->applied)
             continue;
@@ -290,4 +302,9 @@ void fb_journal_hold(fb_journal *j)
         fb_log(FB_LOG_WARN, "journal: a record did not reach the store; the "
                             "journal is kept until the next start");
     j->held = 1;
+}
+
+int fb_journal_ok(const fb_journal *j)
+{
+    return !j->broken && !j->held;
 }

@@ -96,6 +96,7 @@ struct fb_ledger {
     int64_t head_ns;  /* when the queue last became non-empty, under mu */
     size_t urgent;    /* queued ops that are not deferrable, under mu */
     int gathering;    /* the thread waits for a batch to fill, under mu */
+    fb_err last_err;  /* the last batch's, under mu */
     op *done;         /* finished, guarded by mu, reversed */
     size_t backlog;   /* queued + running, guarded by mu */
     int stopping;     /* guarded by mu */
@@ -635,6 +636,14 @@ void fb_ledger_set_result_cap(fb_ledger *l, int64_t max_bytes)
     pthread_mutex_unlock(&l->mu);
 }
 
+int fb_ledger_ok(fb_ledger *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int ok = l->last_err == FB_OK;
+    pthread_mutex_unlock(&l->mu);
+    return ok && (l->journal == NULL || fb_journal_ok(l->journal));
+}
+
 size_t fb_ledger_backlog(fb_ledger *l)
 {
     pthread_mutex_lock(&l->mu);
@@ -886,6 +895,11 @@ static void *thread_main(void *arg)
         if (stop)
             break;
         last = process(l, batch, want_changes);
+        if (batch != NULL) {
+            pthread_mutex_lock(&l->mu);
+            l->last_err = last;
+            pthread_mutex_unlock(&l->mu);
+        }
     }
     return NULL;
 }
@@ -986,7 +1000,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
         }
         op_free(o);
     }
-    if (applied != 0)
+    if (l->journal != NULL) /* even with none: a broken journal heals */
         fb_journal_applied(l->journal, applied);
     for (size_t i = 0; i < nchanges; i++)
         l->on_change(l->change_arg, &changes[i]);
