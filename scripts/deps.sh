@@ -3,7 +3,7 @@
 # As root it runs apt-get; otherwise it prints the exact command to run.
 set -eu
 pkgs="build-essential pkg-config libevent-dev libcurl4-openssl-dev libsqlite3-dev
-libjansson-dev libyaml-dev libssl-dev libcmocka-dev sqlite3 curl nodejs npm"
+libjansson-dev libyaml-dev libssl-dev libcmocka-dev sqlite3 curl openssl nodejs npm"
 missing=""
 for p in $pkgs; do
     case "$p" in
