@@ -873,7 +873,7 @@ static void refuse(gw_req *gr, int status, const char *type, const char *msg,
 /* The trip that blocks this call, if any. Trips by hand block everything,
  * replays too (an emergency stop); a spent retry budget blocks only what
  * would be paid. */
-static const char *tripped(gw_req *gr, int paid, const char **scope)
+static const char *tripped(gw_req *gr, int paid, char *scope, size_t cap)
 {
     char names[3][2 * FB_NAME_MAX + 16];
     const char *all[4] = {"global", names[0], names[1], names[2]};
@@ -886,7 +886,7 @@ static const char *tripped(gw_req *gr, int paid, const char **scope)
             continue;
         const char *why = fb_trip_reason(gr->g->replay, all[i]);
         if (why != NULL && (paid || strncmp(why, "retry_budget", 12) != 0)) {
-            *scope = all[i];
+            snprintf(scope, cap, "%s", all[i]); /* names[] dies here */
             return why;
         }
     }
@@ -939,14 +939,14 @@ static void serve_replay(gw_req *gr, fb_result *res)
 static void pay(gw_req *gr)
 {
     gateway *g = gr->g;
-    char msg[512];
-    const char *scope = NULL, *why;
+    char msg[512], scope[2 * FB_NAME_MAX + 16];
+    const char *why;
     fb_scope *scopes[FB_SCOPES_MAX];
     size_t n;
     fb_refusal refusal;
 
     gr->ts_ms = fb_wall_ms();
-    if ((why = tripped(gr, 1, &scope)) != NULL) {
+    if ((why = tripped(gr, 1, scope, sizeof scope)) != NULL) {
         snprintf(msg, sizeof msg, "%s is tripped: %s", scope, why);
         refuse(gr, 429,
                strncmp(why, "retry_budget", 12) == 0 ? "retry_budget_exhausted"
@@ -1198,8 +1198,8 @@ static void with_key(gw_req *gr)
 {
     gateway *g = gr->g;
     const fb_http_req *h = fb_req_head(gr->req);
-    char msg[512];
-    const char *scope = NULL, *why;
+    char msg[512], scope[2 * FB_NAME_MAX + 16];
+    const char *why;
     if (fb_config_tenant(g->c, gr->key.tenant) == NULL) {
         /* A retired or renamed tenant must not fall back to the global
          * ceiling alone. */
@@ -1209,7 +1209,7 @@ static void with_key(gw_req *gr)
         finish(gr);
         return;
     }
-    if ((why = tripped(gr, 0, &scope)) != NULL) {
+    if ((why = tripped(gr, 0, scope, sizeof scope)) != NULL) {
         snprintf(msg, sizeof msg, "%s is tripped: %s", scope, why);
         refuse(gr, 429, "fuse_tripped", msg, "tripped");
         return;
