@@ -239,7 +239,7 @@ void **fb_flight_end(fb_replay *r, const uint8_t key[32], size_t *n)
     return w;
 }
 
-static int waitq_remove(waitq *q, void *w)
+static int waitq_remove(waitq *q, const void *w)
 {
     for (size_t i = 0; i < q->n; i++) {
         if (q->w[i] == w) {

@@ -529,9 +529,12 @@ fb_err fb_server_listen(fb_server *s, const char *host, int port,
     s->listeners = nl;
     s->listeners[s->nlisteners++] = l;
     if (bound_port != NULL) {
-        struct sockaddr_storage ss;
+        struct sockaddr_storage ss = {0};
         socklen_t sl = sizeof ss;
-        getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &sl);
+        /* err is still FB_EIO; the listener goes with the server. */
+        if (getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss,
+                        &sl) != 0)
+            goto out;
         *bound_port = ss.ss_family == AF_INET6
                           ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                           : ntohs(((struct sockaddr_in *)&ss)->sin_port);

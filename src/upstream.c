@@ -54,8 +54,8 @@ static void on_socket_event(evutil_socket_t fd, short what, void *arg)
 {
     fb_upstream *u = arg;
     int running = 0;
-    int flags = (what & EV_READ ? CURL_CSELECT_IN : 0) |
-                (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) |
+                ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     curl_multi_socket_action(u->multi, fd, flags, &running);
     check_done(u);
 }
@@ -84,8 +84,8 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp,
         }
         return 0;
     }
-    short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) |
-                 (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+                 ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
     if (ctx == NULL) {
         ctx = calloc(1, sizeof *ctx);
         if (ctx == NULL)
@@ -338,6 +338,12 @@ fb_up_req *fb_upstream_start(fb_upstream *u, const char *method,
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* decoded for us */
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* The provider's certificate and host name are checked (libcurl's
+     * defaults, stated so that no later edit loses them: SECURITY.md);
+     * redirects are not followed (the provider key must not go elsewhere). */
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     if (strcmp(method, "GET") == 0 && len == 0) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
