@@ -26,6 +26,8 @@ static void usage(FILE *f)
             "under the fuse\n"
             "  fusebox trip|reset --job J | --tenant T | --key ID | --global\n"
             "  fusebox replay purge [--job J | --tenant T | --key ID | --all]\n"
+            "  fusebox ledger verify [--json]      check the store and the "
+            "ledger\n"
             "  fusebox fake-provider [--listen HOST:PORT]  a fake paid API "
             "for tests\n"
             "  fusebox version | help\n\n"
@@ -161,6 +163,8 @@ int main(int argc, char **argv)
         return fb_cli_trip(argc - 1, argv + 1, 0);
     if (strcmp(cmd, "replay") == 0)
         return fb_cli_replay(argc - 1, argv + 1);
+    if (strcmp(cmd, "ledger") == 0)
+        return fb_cli_ledger(argc - 1, argv + 1);
     if (strcmp(cmd, "fake-provider") == 0)
         return fb_fake_main(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

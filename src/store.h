@@ -244,6 +244,27 @@ fb_err fb_store_breakdown(fb_store *s, const fb_spend_filter *f,
                                     fb_money cost),
                           void *arg);
 
+/* ---- fusebox ledger verify ---- */
+typedef enum fb_verify_level {
+    FB_VERIFY_INFO = 0, /* a count, for the report */
+    FB_VERIFY_OK,       /* a check that passed */
+    FB_VERIFY_WARN,     /* a state the daemon handles, worth knowing */
+    FB_VERIFY_FAIL,     /* the store is damaged or inconsistent */
+} fb_verify_level;
+
+/* Check the store: SQLite's integrity_check and quick_check, then the
+ * ledger's own invariants (no negative money, settled rows costed, kept
+ * results well-formed, Idempotency-Keys bound to kept results), and
+ * counts (rows in flight, results). Calls fn once per check with its name,
+ * level, a count (bad rows, or the figure) and a detail (borrowed).
+ * Reads one snapshot; safe beside a running daemon. FB_EIO when a query
+ * cannot run at all (then the checks run so far were reported). */
+fb_err fb_store_verify(fb_store *s, int64_t now_ms,
+                       void (*fn)(void *arg, const char *check,
+                                  fb_verify_level level, int64_t count,
+                                  const char *detail),
+                       void *arg);
+
 fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject);
 /* Changes with seq > after, in order; fn may stop early by returning != 0. */
 fb_err fb_store_changes(fb_store *s, int64_t after,

@@ -1184,3 +1184,170 @@ out:
     sqlite3_finalize(st);
     return err;
 }
+
+/* ---- fusebox ledger verify ---- */
+
+/* A PRAGMA integrity_check / quick_check: "ok" alone, or the problems
+ * (the first few joined in detail). */
+static fb_err verify_pragma(fb_store *s, const char *name, const char *sql,
+                            void (*fn)(void *, const char *, fb_verify_level,
+                                       int64_t, const char *),
+                            void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    char detail[1024] = "";
+    size_t used = 0;
+    int64_t problems = 0;
+    int rc;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        fn(arg, name, FB_VERIFY_FAIL, 1, sqlite3_errmsg(s->db));
+        return FB_EIO;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *t = (const char *)sqlite3_column_text(st, 0);
+        if (t != NULL && strcmp(t, "ok") == 0)
+            continue;
+        problems++;
+        if (t != NULL && used + 3 < sizeof detail) {
+            int n = snprintf(detail + used, sizeof detail - used, "%s%s",
+                             used ? "; " : "", t);
+            if (n > 0)
+                used += (size_t)n < sizeof detail - used
+                            ? (size_t)n
+                            : sizeof detail - used - 1;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        fn(arg, name, FB_VERIFY_FAIL, problems + 1, sqlite3_errmsg(s->db));
+        sqlite3_finalize(st);
+        return FB_EIO;
+    }
+    sqlite3_finalize(st);
+    for (char *p = detail; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' '; /* one line per check in the report */
+    fn(arg, name, problems ? FB_VERIFY_FAIL : FB_VERIFY_OK, problems,
+       problems ? detail : "ok");
+    return FB_OK;
+}
+
+fb_err fb_store_verify(fb_store *s, int64_t now_ms,
+                       void (*fn)(void *arg, const char *check,
+                                  fb_verify_level level, int64_t count,
+                                  const char *detail),
+                       void *arg)
+{
+    /* Each: a COUNT of rows, how a non-zero count is rated (INFO: always
+     * a figure), and what it means. ?1 is now_ms. */
+    static const struct {
+        const char *name;
+        fb_verify_level bad;
+        const char *sql;
+        const char *what;
+    } checks[] = {
+        {"ledger_rows", FB_VERIFY_INFO, "SELECT COUNT(*) FROM ledger",
+         "ledger rows"},
+        {"in_flight", FB_VERIFY_INFO,
+         "SELECT COUNT(*) FROM ledger WHERE state=0",
+         "calls in flight (state 0); charged in full at the next start if "
+         "the daemon is not running"},
+        {"kept_results", FB_VERIFY_INFO, "SELECT COUNT(*) FROM results",
+         "kept results (expired ones not yet purged included)"},
+        {"idem_keys", FB_VERIFY_INFO, "SELECT COUNT(*) FROM idem_keys",
+         "Idempotency-Key bindings"},
+        {"negative_money", FB_VERIFY_FAIL,
+         "SELECT (SELECT COUNT(*) FROM ledger WHERE reserved<0 OR cost<0 OR "
+         "saved<0) + (SELECT COUNT(*) FROM results WHERE cost<0) + "
+         "(SELECT COUNT(*) FROM keys WHERE budget_limit<0)",
+         "rows with a negative amount (ledger reserved/cost/saved, result "
+         "cost, key budget)"},
+        {"money_types", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM ledger WHERE typeof(reserved)<>'integer' OR "
+         "typeof(cost)<>'integer' OR typeof(saved)<>'integer'",
+         "ledger amounts that are not integer picodollars"},
+        {"ledger_state", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM ledger WHERE state NOT IN (0,1,2,3) OR "
+         "typeof(state)<>'integer'",
+         "ledger rows with an unknown state"},
+        {"settled_cost", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM ledger WHERE state=1 AND (cost IS NULL OR "
+         "outcome IS NULL OR outcome='')",
+         "settled rows without a cost or an outcome"},
+        {"unpaid_rows_cost", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM ledger WHERE state IN (2,3) AND cost<>0",
+         "blocked or replayed rows that carry a cost"},
+        {"ledger_status", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM ledger WHERE status<>0 AND status NOT BETWEEN "
+         "100 AND 599",
+         "ledger rows with an impossible HTTP status"},
+        {"ledger_fp", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM ledger WHERE fp IS NOT NULL AND "
+         "(typeof(fp)<>'blob' OR length(fp)<>32)",
+         "ledger fingerprints that are not 32 bytes"},
+        {"ledger_scope", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM ledger WHERE tenant IS NULL OR tenant='' OR "
+         "key_id IS NULL OR key_id='' OR provider IS NULL OR provider=''",
+         "ledger rows without a tenant, key or provider"},
+        {"results_wellformed", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM results WHERE typeof(fp)<>'blob' OR "
+         "length(fp)<>32 OR status NOT BETWEEN 100 AND 599 OR "
+         "stream NOT IN (0,1) OR body IS NULL OR headers IS NULL OR "
+         "typeof(body) NOT IN ('blob','text') OR "
+         "typeof(headers) NOT IN ('blob','text') OR seq<0 OR scope='' OR "
+         "expires_ms<created_ms",
+         "kept results that are malformed (fingerprint not 32 bytes, status "
+         "outside 100-599, body or headers missing)"},
+        {"results_empty_body", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM results WHERE length(body)=0 AND status "
+         "BETWEEN 200 AND 299",
+         "kept 2xx results with an empty body"},
+        {"idem_dangling", FB_VERIFY_WARN,
+         "SELECT COUNT(*) FROM idem_keys k WHERE k.expires_ms>?1 AND NOT "
+         "EXISTS (SELECT 1 FROM results r WHERE r.scope=k.scope AND "
+         "r.fp=k.fp AND r.seq=k.seq)",
+         "live Idempotency-Keys whose kept result is gone (evicted by "
+         "replay.max_bytes or purged); such a key answers 409"},
+        {"idem_wellformed", FB_VERIFY_FAIL,
+         "SELECT COUNT(*) FROM idem_keys WHERE typeof(fp)<>'blob' OR "
+         "length(fp)<>32 OR idem='' OR seq<0",
+         "Idempotency-Key bindings that are malformed"},
+    };
+    fb_err err = FB_OK;
+    int snapshot = 0;
+
+    if (verify_pragma(s, "integrity_check", "PRAGMA integrity_check(20)", fn,
+                      arg) != FB_OK)
+        err = FB_EIO;
+    if (verify_pragma(s, "quick_check", "PRAGMA quick_check(20)", fn, arg) !=
+        FB_OK)
+        err = FB_EIO;
+    /* One read transaction: the counts agree with one another even while
+     * the daemon commits. */
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK)
+        snapshot = 1;
+    for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(s->db, checks[i].sql, -1, &st, NULL) !=
+            SQLITE_OK) {
+            fn(arg, checks[i].name, FB_VERIFY_FAIL, 1, sqlite3_errmsg(s->db));
+            err = FB_EIO;
+            continue;
+        }
+        if (sqlite3_bind_parameter_count(st) >= 1)
+            sqlite3_bind_int64(st, 1, now_ms);
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            fn(arg, checks[i].name, FB_VERIFY_FAIL, 1, sqlite3_errmsg(s->db));
+            err = FB_EIO;
+        } else {
+            int64_t n = sqlite3_column_int64(st, 0);
+            fb_verify_level lv = checks[i].bad == FB_VERIFY_INFO ? FB_VERIFY_INFO
+                                 : n > 0                         ? checks[i].bad
+                                                                 : FB_VERIFY_OK;
+            fn(arg, checks[i].name, lv, n, checks[i].what);
+        }
+        sqlite3_finalize(st);
+    }
+    if (snapshot)
+        sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+    return err;
+}
