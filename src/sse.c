@@ -39,6 +39,8 @@ fb_err fb_sse_feed(fb_sse *s, const char *data, size_t len)
         s->buf = nb;
         s->cap = cap;
     }
+    if (len == 0) /* libcurl may hand over an empty piece: buf is NULL */
+        return FB_OK;
     memcpy(s->buf + s->len, data, len);
     s->len += len;
     return FB_OK;
@@ -57,6 +59,8 @@ static size_t eol_len(const char *p, const char *end)
 
 int fb_sse_next(fb_sse *s, const char **ev, size_t *len)
 {
+    if (s->buf == NULL) /* nothing fed yet */
+        return 0;
     const char *base = s->buf, *end = s->buf + s->len;
     /* An event ends at a blank line that follows at least one field
      * line. Blank lines before any field stay in the event's bytes, so
