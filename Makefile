@@ -6,7 +6,9 @@
 #   make bench      fusebox side by side with nginx and Portkey, tables in bench/results/
 #   make bench-scale  memory with many keys, results and open streams
 #   make callgrind-check  instructions per call against bench/callgrind.limits
+#   make torture    kill -9 the gateway under load KILLS=100 times, check after each restart
 #   make SANITIZE=1 ASan + UBSan build (into build-san/)
+#   make lint       cppcheck over src/ (.cppcheck-suppressions)
 #   make install PREFIX=/usr/local
 
 PREFIX ?= /usr/local
@@ -45,7 +47,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e demo demo-incident bench bench-scale callgrind-check install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e torture demo demo-incident bench bench-scale callgrind-check install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -113,6 +115,13 @@ $(BUILD)/loadgen: bench/loadgen.c
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(shell pkg-config --cflags libevent) \
 	    -o $@ $< $(shell pkg-config --libs libevent) -lm
 
+# Crash safety (issue 6): the gateway under load, killed -9 KILLS times
+# and restarted; the store, the money and the kept results checked after
+# each restart (tests/torture/torture.mjs).
+KILLS ?= 100
+torture: $(BUILD)/fusebox
+	@KILLS=$(KILLS) FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) node tests/torture/torture.mjs
+
 valgrind: deps
 	@$(MAKE) --no-print-directory all
 	@FUSEBOX_VALGRIND=1 FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) scripts/run-e2e.sh
@@ -131,6 +140,31 @@ fuzz: $(FUZZ_BIN)
 # Replay the committed corpora (CI): every seed must run clean.
 fuzz-replay: $(FUZZ_BIN)
 	@for t in $(FUZZ_BIN); do n=$$(basename $$t _fuzz); $$t -runs=0 fuzz/corpus/$$n || exit 1; done
+
+# CI: fuzz each target for FUZZ_CI_SECONDS from its committed corpus. New
+# inputs go to a throw-away corpus; a crash is saved as
+# build-fuzz/NAME-crash-* and its log printed.
+FUZZ_CI_SECONDS ?= 20
+.PHONY: fuzz-ci
+fuzz-ci: $(FUZZ_BIN)
+	@for t in $(FUZZ_BIN); do n=$$(basename $$t _fuzz); rm -rf build-fuzz/ci-$$n; mkdir -p build-fuzz/ci-$$n; \
+	    if ! $$t -max_total_time=$(FUZZ_CI_SECONDS) -timeout=10 -dict=fuzz/$$n.dict \
+	        -artifact_prefix=build-fuzz/$$n- build-fuzz/ci-$$n fuzz/corpus/$$n >build-fuzz/ci-$$n.log 2>&1; then \
+	        tail -n 60 build-fuzz/ci-$$n.log; echo "fuzz-ci: $$n FAILED (build-fuzz/ci-$$n.log)"; exit 1; fi; \
+	    echo "fuzz-ci: $$n $$(grep -a 'DONE ' build-fuzz/ci-$$n.log | tail -n 1)"; done
+
+# Static analysis: cppcheck over src/ with the committed configuration
+# (.cppcheck-suppressions says why each suppression is there). Clean means
+# it prints nothing. Not parallel (-j): the whole-program checks need one run.
+CPPCHECK_FLAGS := --std=c11 -D_GNU_SOURCE -Isrc --library=posix --library=gnu \
+    --enable=warning,style,performance,portability --inline-suppr \
+    --suppressions-list=.cppcheck-suppressions --error-exitcode=1 -q \
+    --template='{file}:{line}: {severity}/{id}: {message}'
+
+.PHONY: lint
+lint:
+	@command -v cppcheck >/dev/null || { echo "lint: cppcheck is not installed (apt-get install cppcheck)" >&2; exit 2; }
+	cppcheck $(CPPCHECK_FLAGS) src
 
 install: $(BUILD)/fusebox
 	install -d $(DESTDIR)$(PREFIX)/bin
