@@ -306,5 +306,5 @@ void fb_journal_hold(fb_journal *j)
 
 int fb_journal_ok(const fb_journal *j)
 {
-    return !j->broken && !j->held;
+    return !j->broken;
 }

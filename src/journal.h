@@ -47,8 +47,9 @@ uint64_t fb_journal_append(fb_journal *j, const struct iovec *iov, int n);
  * (it is applied at the next start). */
 void fb_journal_applied(fb_journal *j, uint64_t seq);
 void fb_journal_hold(fb_journal *j);
-/* 0 after a failed write (until the store caught up and the files were
- * emptied) or once a record was held back. */
+/* 0 after a failed write, until the store caught up and the files were
+ * emptied. (A record held back does not count: records are still
+ * written, and what was held is applied at the next start.) */
 int fb_journal_ok(const fb_journal *j);
 
 #endif
