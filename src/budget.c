@@ -148,11 +148,14 @@ int64_t fb_period_start(fb_period p, int64_t now_ms)
     return 0;
 }
 
-/* Bring the scope's window up to now; counters restart in a new period. */
+/* Bring the scope's window up to now; counters restart in a new period.
+ * Only forward: a wall clock stepped back into an earlier period must not
+ * empty the counters (that would spend the ceiling twice); calls go on
+ * counting in the later window until the clock catches up. */
 static void roll(fb_scope *s, int64_t now_ms)
 {
     int64_t w = fb_period_start(s->spec.period, now_ms);
-    if (w != s->window) {
+    if (w > s->window) {
         s->window = w;
         s->spent = 0;
         s->reserved = 0;

@@ -1,7 +1,7 @@
 /* test_budget.c - reservation and settlement: all-or-nothing across
  * scopes, ceilings never passed by what is in flight, settlement to the
- * real cost (above the reservation too), period windows rolling over,
- * and overflow refused. */
+ * real cost (above the reservation too), period windows rolling over
+ * (forward only, when the wall clock steps back), and overflow refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -127,6 +127,27 @@ static void test_period_rollover(void **state)
     fb_budget_free(b);
 }
 
+/* The wall clock stepped back across midnight (NTP, a VM restored): the
+ * day's spend is not forgotten, so the ceiling is not spent twice. */
+static void test_clock_stepped_back(void **state)
+{
+    (void)state;
+    fb_budget *b = fb_budget_new();
+    fb_scope *sc[1] = {mk(b, "job:t/back", 100, FB_PERIOD_DAY)};
+    fb_reservation r;
+    fb_refusal why;
+    int64_t t0 = 20000 * DAY + 10 * 60 * 1000; /* 00:10 */
+    assert_int_equal(fb_budget_reserve(sc, 1, 90, t0, &r, &why), FB_OK);
+    fb_budget_settle(&r, 90);
+    int64_t back = t0 - 20 * 60 * 1000; /* 23:50 the day before */
+    assert_int_equal(fb_budget_reserve(sc, 1, 20, back, &r, &why), FB_ELIMIT);
+    assert_int_equal(why.spent, 90);
+    assert_int_equal(fb_budget_reserve(sc, 1, 10, back, &r, &why), FB_OK);
+    /* Forward again, into the next day: a fresh window. */
+    assert_int_equal(fb_budget_reserve(sc, 1, 100, t0 + DAY, &r, &why), FB_OK);
+    fb_budget_free(b);
+}
+
 static void test_period_start(void **state)
 {
     (void)state;
@@ -161,6 +182,7 @@ int main(void)
         cmocka_unit_test(test_unlimited_scopes_count),
         cmocka_unit_test(test_zero_ceiling_refuses_paid_but_not_free),
         cmocka_unit_test(test_period_rollover),
+        cmocka_unit_test(test_clock_stepped_back),
         cmocka_unit_test(test_period_start),
         cmocka_unit_test(test_overflow_refused),
     };
