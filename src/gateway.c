@@ -638,13 +638,12 @@ static void on_kept(void *arg, fb_err err)
         fb_log(FB_LOG_WARN, "could not keep the result of call %lld: %s",
                (long long)gr->id, fb_strerror(err));
     } else {
-        gr->kept = 1;
-        uint8_t key[32];
+        /* A kept call came through lookup(): gr->flight is its key. */
         fb_result keep;
-        fb_replay_key(key, gr->rscope, "r", gr->fp, gr->seq);
-        fb_kept_add(gr->g->replay, key);
+        gr->kept = 1;
+        fb_kept_add(gr->g->replay, gr->flight);
         kept_view(gr, gr->usage_cost, &keep);
-        fb_cache_put(gr->g->replay, key, &keep,
+        fb_cache_put(gr->g->replay, gr->flight, &keep,
                      gr->ts_ms + gr->g->c->replay_ttl_ms);
     }
     deliver(gr);

@@ -841,14 +841,6 @@ static fb_err process(fb_ledger *l, op *batch, int want_changes)
     return terr;
 }
 
-static void deadline(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    ts->tv_sec += ms / 1000 + ts->tv_nsec / 1000000000L;
-    ts->tv_nsec %= 1000000000L;
-}
-
 static void deadline_ns(struct timespec *ts, int64_t ns)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
@@ -867,7 +859,8 @@ static void *thread_main(void *arg)
         /* Idle: wait for work or the next poll. After a failed batch:
          * back off before trying again, unless stopping. */
         if ((l->head == NULL || last != FB_OK) && !l->stopping) {
-            deadline(&ts, last != FB_OK ? 100 : l->poll_ms);
+            int ms = last != FB_OK ? 100 : l->poll_ms;
+            deadline_ns(&ts, ms * INT64_C(1000000));
             pthread_cond_timedwait(&l->cv, &l->mu, &ts);
         }
         /* With a journal, a queue of deferrable writes waits up to
