@@ -79,8 +79,14 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libfusebox.a
 unit: $(UNIT_BIN)
 	@scripts/run-unit.sh $(UNIT_BIN)
 
-e2e: $(BUILD)/fusebox
-	@FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) scripts/run-e2e.sh
+e2e: $(BUILD)/fusebox $(BUILD)/fbfault.so
+	@FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) FUSEBOX_FAULT_SO=$(abspath $(BUILD)/fbfault.so) scripts/run-e2e.sh
+
+# The tests' disk-fault shim (LD_PRELOAD; tests/fault/fbfault.c). Plain,
+# never sanitized: it only stands between the daemon and libc.
+$(BUILD)/fbfault.so: tests/fault/fbfault.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 -g -shared -fPIC -o $@ $< -ldl
 
 test: deps
 	@$(MAKE) --no-print-directory all unit
@@ -123,8 +129,8 @@ torture: $(BUILD)/fusebox
 	@KILLS=$(KILLS) FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) node tests/torture/torture.mjs
 
 valgrind: deps
-	@$(MAKE) --no-print-directory all
-	@FUSEBOX_VALGRIND=1 FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) scripts/run-e2e.sh
+	@$(MAKE) --no-print-directory all $(BUILD)/fbfault.so
+	@FUSEBOX_VALGRIND=1 FUSEBOX_BIN=$(abspath $(BUILD)/fusebox) FUSEBOX_FAULT_SO=$(abspath $(BUILD)/fbfault.so) scripts/run-e2e.sh
 
 # libFuzzer targets (clang): every parser of outside bytes.
 build-fuzz/%: fuzz/%.c $(LIB_SRC) $(GEN_SRC)

@@ -777,8 +777,9 @@ static void on_reserved(void *arg, fb_err err)
 {
     gw_req *gr = arg;
     if (err != FB_OK) {
-        /* Fail closed: a call that cannot be recorded is not made. */
-        fb_log(FB_LOG_ERROR, "store write failed: %s; refusing paid calls",
+        /* Fail closed: a call that cannot be recorded is not made. (The
+         * ledger logs the store's failure once, not once per call.) */
+        fb_log(FB_LOG_DEBUG, "store write failed: %s; call refused",
                fb_strerror(err));
         fb_budget_settle(&gr->resv, 0);
         reply_error(gr, 503, "store_unavailable",

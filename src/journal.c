@@ -269,6 +269,21 @@ uint64_t fb_journal_append(fb_journal *j, const struct iovec *iov, int n)
     return seq;
 }
 
+/* Empty file fd; does it take a write? Truncating frees space even on a
+ * full disk, so only a write tells. A crash between the calls leaves a
+ * zero header, which reads as a torn record: the end of the file. */
+static int probe(int fd)
+{
+    static const unsigned char zero[HEADER];
+    ssize_t w;
+    if (ftruncate(fd, 0) != 0)
+        return 0;
+    do
+        w = pwrite(fd, zero, sizeof zero, 0);
+    while (w < 0 && errno == EINTR);
+    return ftruncate(fd, 0) == 0 && w == (ssize_t)sizeof zero;
+}
+
 void fb_journal_applied(fb_journal *j, uint64_t seq)
 {
     if (seq > j->applied)
@@ -280,7 +295,10 @@ void fb_journal_applied(fb_journal *j, uint64_t seq)
      * and take records again; if the disk is still full, the next write
      * fails the same way. */
     if (j->broken && j->applied >= j->next - 1) {
-        if (empty(j, 0) == FB_OK && empty(j, 1) == FB_OK) {
+        /* Quietly: the failed write was logged, and this runs often. */
+        if (ftruncate(j->fd[1], 0) == 0 && probe(j->fd[0])) {
+            for (int i = 0; i < 2; i++)
+                j->size[i] = j->last[i] = 0;
             j->cur = 0;
             j->broken = 0;
             fb_log(FB_LOG_INFO, "journal: writable again");

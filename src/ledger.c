@@ -641,7 +641,9 @@ int fb_ledger_ok(fb_ledger *l)
     pthread_mutex_lock(&l->mu);
     int ok = l->last_err == FB_OK;
     pthread_mutex_unlock(&l->mu);
-    return ok && (l->journal == NULL || fb_journal_ok(l->journal));
+    /* A broken journal alone does not refuse calls: they wait for the
+     * store's commit instead (slower, as durable). */
+    return ok;
 }
 
 size_t fb_ledger_backlog(fb_ledger *l)
@@ -888,10 +890,28 @@ static void *thread_main(void *arg)
         if (stop)
             break;
         last = process(l, batch, want_changes);
-        if (batch != NULL) {
+        pthread_mutex_lock(&l->mu);
+        int failing = l->last_err != FB_OK;
+        pthread_mutex_unlock(&l->mu);
+        /* With nothing queued after a failure, see whether the store
+         * takes writes again (space freed): /readyz turns back without
+         * waiting for a paid call that it keeps away. */
+        if (batch == NULL && failing) {
+            last = fb_store_probe(l->store);
+            if (last == FB_OK)
+                fb_log(FB_LOG_INFO, "store: writable again");
+        }
+        if (last != FB_OK && !failing)
+            fb_log(FB_LOG_ERROR, "store: write failed: %s; refusing paid "
+                   "calls until it takes writes again",
+                   fb_store_why(l->store));
+        if (batch != NULL || failing) {
             pthread_mutex_lock(&l->mu);
             l->last_err = last;
             pthread_mutex_unlock(&l->mu);
+            /* The loop heals the journal (on_done) once the store can. */
+            if (last == FB_OK && failing && l->done_ev != NULL)
+                event_active(l->done_ev, EV_READ, 0);
         }
     }
     return NULL;

@@ -90,8 +90,8 @@ void fb_ledger_idem_bind(fb_ledger *l, const char *scope, const char *idem,
 /* Record that scope tripped (fire and forget; in the change feed too). */
 void fb_ledger_trip(fb_ledger *l, const char *scope, const char *reason);
 
-/* 1 while the store takes writes: the last batch committed and the
- * journal (if any) is writable. Loop thread. For /readyz. */
+/* 1 while the store takes writes: the last batch (or, after a failure,
+ * the last probe write) committed. Loop thread. For /readyz. */
 int fb_ledger_ok(fb_ledger *l);
 
 /* Operations waiting or running; for tests and /metrics. */

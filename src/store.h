@@ -158,6 +158,14 @@ fb_err fb_store_scopes(fb_store *s,
  * checkpoint; the only fsync of the "process" durability mode). */
 fb_err fb_store_checkpoint(fb_store *s);
 
+/* Does the store take a write now? One small write transaction (after a
+ * failed commit: a disk full, say, that may have been cleared). */
+fb_err fb_store_probe(fb_store *s);
+
+/* Why the last failed transaction failed (as rolled back), for the log:
+ * SQLite's message and the OS error ("No space left on device"). */
+const char *fb_store_why(fb_store *s);
+
 /* ---- kept results (replay) ----
  * scope is "job:T/J" for a key with a job, else "key:ID": results never
  * cross it. */

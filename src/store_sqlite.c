@@ -183,7 +183,17 @@ static const char *const migrations[SCHEMA_VERSION] = {schema_v1, schema_v2,
 struct fb_store {
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
+    char why[160]; /* why the last failed transaction failed */
 };
+
+/* Keep why a write failed before a rollback resets SQLite's error: the
+ * OS error when there was one ("No space left on device"). */
+static void note_why(fb_store *s)
+{
+    int e = sqlite3_system_errno(s->db);
+    snprintf(s->why, sizeof s->why, "%s%s%s%s", sqlite3_errmsg(s->db),
+             e ? " (" : "", e ? strerror(e) : "", e ? ")" : "");
+}
 
 static fb_err sqlite_err(int rc)
 {
@@ -395,6 +405,7 @@ fb_err fb_store_commit(fb_store *s)
 
 void fb_store_rollback(fb_store *s)
 {
+    note_why(s);
     if (!sqlite3_get_autocommit(s->db))
         (void)step_done(stmt(s, ST_ROLLBACK));
 }
@@ -637,6 +648,24 @@ fb_err fb_store_scopes(fb_store *s,
 out:
     sqlite3_finalize(st);
     return err;
+}
+
+fb_err fb_store_probe(fb_store *s)
+{
+    /* Rewriting the schema version dirties the header page: a real write
+     * to the log, of a value that does not change. */
+    char sql[80];
+    snprintf(sql, sizeof sql,
+             "BEGIN IMMEDIATE;PRAGMA user_version=%d;COMMIT", SCHEMA_VERSION);
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        fb_store_rollback(s);
+    return sqlite_err(rc);
+}
+
+const char *fb_store_why(fb_store *s)
+{
+    return s->why;
 }
 
 /* Past this many WAL frames (16 MiB of 4 KiB pages), restart the log. */

@@ -385,6 +385,7 @@ function configYaml(o) {
  *   pricesJson  a LiteLLM-style price object given to both sides
  *   modelPrices model_prices overrides (gateway only)
  *   logLevel
+ *   gwEnv       extra environment for the gateway (LD_PRELOAD, ...)
  *   t           a node:test context: cleanup is registered with t.after
  *
  * Call env.close() at the end (or pass t): it stops everything and
@@ -463,7 +464,9 @@ class Env {
     const argv = VALGRIND
       ? ['--error-exitcode=99', '--leak-check=full', '-q', BIN, ...args]
       : args;
-    this.gw = new Proc('fusebox serve', cmd, argv, { env: PROVIDER_KEYS, cwd: this.dir });
+    this.gw = new Proc('fusebox serve', cmd, argv, {
+      env: { ...PROVIDER_KEYS, ...(this.opts.gwEnv || {}) }, cwd: this.dir,
+    });
     const g = await this.gw.ready('fusebox', 15000);
     this.gwAddr = g.addr;
     this.gwHost = g.host;
