@@ -66,6 +66,17 @@ void fb_budget_free(fb_budget *b)
     free(b);
 }
 
+int fb_budget_next(fb_budget *b, size_t *it, fb_scope **s)
+{
+    const char *k;
+    size_t klen;
+    void *v;
+    if (!fb_map_next(b->scopes, it, &k, &klen, &v))
+        return 0;
+    *s = v;
+    return 1;
+}
+
 fb_scope *fb_budget_find(fb_budget *b, const char *name)
 {
     return fb_map_get(b->scopes, name, strlen(name));

@@ -41,6 +41,8 @@ void fb_budget_free(fb_budget *b);
 fb_scope *fb_budget_scope(fb_budget *b, const char *name);
 /* Find without creating; NULL if absent. */
 fb_scope *fb_budget_find(fb_budget *b, const char *name);
+/* Iterate the scopes: start with *it = 0; 0 at the end. */
+int fb_budget_next(fb_budget *b, size_t *it, fb_scope **s);
 
 /* Set the ceiling (spec->set == 0 removes it). */
 void fb_scope_set_limit(fb_scope *s, const fb_budget_spec *spec);

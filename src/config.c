@@ -557,9 +557,9 @@ static int host_ok(const char *s, size_t len)
 }
 
 /* "host:port" or "[v6addr]:port"; port 0 (any free port) is allowed. */
-static fb_err listen_value(ctx *x, const yaml_node_t *n, fb_config *c)
+static fb_err listen_value(ctx *x, const yaml_node_t *n, const char *where,
+                           char **out_host, int *out_port)
 {
-    static const char where[] = "listen";
     char buf[80];
     const char *s, *host, *colon;
     size_t len, hlen;
@@ -620,9 +620,53 @@ static fb_err listen_value(ctx *x, const yaml_node_t *n, fb_config *c)
     char *h = fb_strndup(host, hlen);
     if (h == NULL)
         return nomem(x);
-    free(c->listen_host);
-    c->listen_host = h;
-    c->listen_port = (int)v;
+    free(*out_host);
+    *out_host = h;
+    *out_port = (int)v;
+    return FB_OK;
+}
+
+static int env_name_ok(const char *s, size_t len);
+
+/* admin: the loopback surface for /metrics and the dashboard. */
+static fb_err admin_section(ctx *x, yaml_node_t *n, fb_config *c)
+{
+    enum { LISTEN, TOKEN, NF };
+    field f[NF] = {[LISTEN] = {.name = "listen"},
+                   [TOKEN] = {.name = "token_env"}};
+    char buf[80];
+    const char *s;
+    size_t len;
+    fb_err rc;
+    if (is_null(n))
+        return FB_OK;
+    if ((rc = take_fields(x, n, "admin", f, NF)) != FB_OK)
+        return rc;
+    if (f[LISTEN].val != NULL) {
+        const yaml_node_t *v = f[LISTEN].val;
+        if (v->type == YAML_SCALAR_NODE && v->data.scalar.length == 3 &&
+            memcmp(v->data.scalar.value, "off", 3) == 0) {
+            free(c->admin_host);
+            c->admin_host = NULL;
+        } else if ((rc = listen_value(x, v, "admin.listen", &c->admin_host,
+                                      &c->admin_port)) != FB_OK) {
+            return rc;
+        }
+    }
+    if (f[TOKEN].val != NULL) {
+        if ((rc = scalar(x, f[TOKEN].val, "admin.token_env", &s, &len)) !=
+            FB_OK)
+            return rc;
+        if (!env_name_ok(s, len))
+            return fail(x, f[TOKEN].val, "admin.token_env",
+                        "'%s' is not an environment variable name",
+                        show(f[TOKEN].val, buf, sizeof buf));
+        char *e = fb_strndup(s, len);
+        if (e == NULL)
+            return nomem(x);
+        free(c->admin_token_env);
+        c->admin_token_env = e;
+    }
     return FB_OK;
 }
 
@@ -1174,6 +1218,7 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         LIMITS,
         LOG_LEVEL,
         REPLAY,
+        ADMIN,
         NF
     };
     field f[NF] = {
@@ -1187,6 +1232,7 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         [LIMITS] = {.name = "limits"},
         [LOG_LEVEL] = {.name = "log_level"},
         [REPLAY] = {.name = "replay"},
+        [ADMIN] = {.name = "admin"},
     };
     static const char *const durabilities[] = {"process", "full"};
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -1199,7 +1245,8 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
     if ((rc = take_fields(x, root, NULL, f, NF)) != FB_OK)
         return rc;
     if (f[LISTEN].val != NULL &&
-        (rc = listen_value(x, f[LISTEN].val, c)) != FB_OK)
+        (rc = listen_value(x, f[LISTEN].val, "listen", &c->listen_host,
+                           &c->listen_port)) != FB_OK)
         return rc;
     if (f[DATA_DIR].val != NULL) {
         char *d = NULL;
@@ -1243,6 +1290,9 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
     }
     if (f[REPLAY].val != NULL &&
         (rc = replay_section(x, f[REPLAY].val, c)) != FB_OK)
+        return rc;
+    if (f[ADMIN].val != NULL &&
+        (rc = admin_section(x, f[ADMIN].val, c)) != FB_OK)
         return rc;
     return FB_OK;
 }
@@ -1293,8 +1343,12 @@ static fb_config *config_new(const char *file, const char *base_dir)
     c->listen_host = fb_strndup("127.0.0.1", 9);
     c->data_dir = path_join(base_dir, "fusebox-data", 12);
     c->log_level = fb_strndup("info", 4);
+    c->admin_host = fb_strndup("127.0.0.1", 9);
+    c->admin_port = 8788;
+    c->admin_token_env = fb_strndup("FUSEBOX_ADMIN_TOKEN", 19);
     if (c->path == NULL || c->listen_host == NULL || c->data_dir == NULL ||
-        c->log_level == NULL) {
+        c->log_level == NULL || c->admin_host == NULL ||
+        c->admin_token_env == NULL) {
         fb_config_free(c);
         return NULL;
     }
@@ -1467,6 +1521,8 @@ void fb_config_free(fb_config *c)
         return;
     free(c->path);
     free(c->listen_host);
+    free(c->admin_host);
+    free(c->admin_token_env);
     free(c->data_dir);
     for (size_t i = 0; i < c->nreplay_ignore; i++)
         free(c->replay_ignore[i]);

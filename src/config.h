@@ -106,6 +106,11 @@ typedef struct fb_config {
                                    transient failures: 3 */
     int retry_max_percent;      /* retries per forwarded calls, a day: 20 */
     int retry_floor;            /* retries always allowed a day: 10 */
+    /* "admin:" section: /metrics and /dashboard on a listener of their own */
+    char *admin_host;           /* "127.0.0.1"; NULL: "off" */
+    int admin_port;             /* 8788 */
+    char *admin_token_env;      /* "FUSEBOX_ADMIN_TOKEN": the token's env var;
+                                   unset or empty: no admin listener */
 } fb_config;
 
 /* Read and validate a config file. On error returns FB_EIO/FB_EINVAL and

@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "budget.h"
 #include "journal.h"
 #include "json.h"
@@ -48,6 +49,7 @@
 #include "ledger.h"
 #include "log.h"
 #include "map.h"
+#include "metrics.h"
 #include "provider.h"
 #include "replay.h"
 #include "server.h"
@@ -74,6 +76,8 @@ typedef struct gateway {
     fb_prices *prices;
     fb_map *keys;          /* SHA-256 (32 bytes) -> fb_key_rec* */
     fb_replay *replay;     /* flights, occurrences, retry budgets, trips */
+    fb_metrics *metrics;
+    fb_admin *admin;       /* NULL: no admin token, or admin.listen off */
     const uint64_t *epoch; /* purge epoch (store.h), mapped; may be NULL */
     uint64_t epoch_seen;
     fb_retry_limits retry;
@@ -542,9 +546,12 @@ static void up_data(void *arg, const char *data, size_t len)
     }
 }
 
+/* A forwarded call is settled: its metrics and its debug log line. */
 static void log_call(gw_req *gr, int status, fb_money cost,
                      const char *outcome)
 {
+    fb_metrics_paid(gr->g->metrics, gr->key.tenant, gr->key.job, cost,
+                    gr->retry, fb_mono_ns() - gr->start_ns);
     if (fb_log_enabled(FB_LOG_DEBUG)) {
         char c[32];
         fb_money_format(cost, c, sizeof c);
@@ -826,6 +833,8 @@ static void refuse_budget(gw_req *gr, const fb_refusal *why)
 
     snprintf(scope_buf, sizeof scope_buf, "budget_exceeded:%s", scope);
     record(gr, FB_ENTRY_BLOCKED, 402, 0, scope_buf);
+    fb_metrics_blocked(gr->g->metrics, gr->key.tenant, gr->key.job,
+                       "budget_exceeded");
     fb_log(FB_LOG_INFO, "blocked: key=%s %s", gr->key.id, msg);
     fb_req_reply(gr->req, 402,
                  "x-should-retry: false\r\nx-fusebox-cost-usd: 0.0\r\n",
@@ -863,6 +872,7 @@ static void refuse(gw_req *gr, int status, const char *type, const char *msg,
                    const char *outcome)
 {
     record(gr, FB_ENTRY_BLOCKED, status, 0, outcome);
+    fb_metrics_blocked(gr->g->metrics, gr->key.tenant, gr->key.job, type);
     fb_log(FB_LOG_INFO, "blocked: key=%s %s", gr->key.id, msg);
     fb_req_error(gr->req, status, type, msg,
                  "x-should-retry: false\r\nx-fusebox-cost-usd: 0.0\r\n");
@@ -902,6 +912,7 @@ static void trip(gw_req *gr, const char *reason)
         snprintf(scope, sizeof scope, "key:%s", gr->key.id);
     fb_trip_set(gr->g->replay, scope, reason);
     fb_ledger_trip(gr->g->ledger, scope, reason);
+    fb_metrics_tripped(gr->g->metrics, gr->key.tenant, gr->key.job);
     fb_log(FB_LOG_WARN, "tripped %s: %s", scope, reason);
 }
 
@@ -925,6 +936,8 @@ static void serve_replay(gw_req *gr, fb_result *res)
     gr->ts_ms = fb_wall_ms();
     gr->replayed = 1;
     record(gr, FB_ENTRY_REPLAYED, res->status, res->cost, "replayed");
+    fb_metrics_replayed(gr->g->metrics, gr->key.tenant, gr->key.job,
+                        res->cost, fb_mono_ns() - gr->start_ns);
     if (gr->idem != NULL) /* the key now names this request */
         fb_ledger_idem_bind(gr->g->ledger, gr->rscope, gr->idem, gr->fp,
                             res->seq, gr->ts_ms + gr->g->c->replay_ttl_ms);
@@ -1495,8 +1508,44 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     g->draining = 1;
     g->drain_deadline_ns = fb_mono_ns() + DRAIN_SECONDS * INT64_C(1000000000);
     fb_server_drain(g->srv);
+    fb_admin_drain(g->admin);
     struct timeval tv = {0, 20000};
     event_add(g->drain_timer, &tv);
+}
+
+static char *metrics_text(void *ud, size_t *len)
+{
+    gateway *g = ud;
+    fb_metrics_src src = {.budget = g->budget,
+                          .replay = g->replay,
+                          .now_ms = fb_wall_ms(),
+                          .store_ok = fb_ledger_ok(g->ledger),
+                          .ledger_backlog = fb_ledger_backlog(g->ledger),
+                          .connections = fb_server_connections(g->srv),
+                          .in_flight = g->inflight};
+    return fb_metrics_render(g->metrics, &src, len);
+}
+
+/* The admin surface, when a token is configured (admin.h). */
+static int start_admin(gateway *g, const fb_server_opts *so)
+{
+    const fb_config *c = g->c;
+    const char *token = getenv(c->admin_token_env);
+    int port = 0;
+    if (c->admin_host == NULL)
+        return 0;
+    if (token == NULL || *token == '\0') {
+        fb_log(FB_LOG_INFO, "admin surface off: %s is not set",
+               c->admin_token_env);
+        return 0;
+    }
+    static const fb_admin_hooks hooks = {.metrics = metrics_text};
+    g->admin = fb_admin_start(g->base, so, c->admin_host, c->admin_port, token,
+                              &hooks, g, &port);
+    if (g->admin == NULL)
+        return -1;
+    printf("fusebox admin listening on %s:%d\n", c->admin_host, port);
+    return 0;
 }
 
 static int load_kept(void *arg, const char *scope, const uint8_t fp[32],
@@ -1604,11 +1653,13 @@ int fb_gateway_serve(const fb_config *c)
     g.budget = fb_budget_new();
     g.keys = fb_map_new();
     g.replay = fb_replay_new();
+    g.metrics = fb_metrics_new();
     g.retry.max_per_fp = c->retry_max_per_fp;
     g.retry.max_percent = c->retry_max_percent;
     g.retry.floor = c->retry_floor;
     g.provider_keys = calloc(c->nproviders + 1, sizeof *g.provider_keys);
-    if (!g.prices || !g.budget || !g.keys || !g.replay || !g.provider_keys)
+    if (!g.prices || !g.budget || !g.keys || !g.replay || !g.metrics ||
+        !g.provider_keys)
         goto out;
     for (size_t i = 0; i < c->nprices; i++) {
         if (fb_prices_load_file(g.prices, c->prices[i], errbuf,
@@ -1710,6 +1761,8 @@ int fb_gateway_serve(const fb_config *c)
         goto out;
     evsignal_add(g.sig_term, NULL);
     evsignal_add(g.sig_int, NULL);
+    if (start_admin(&g, &so) != 0)
+        goto out;
 
     printf("fusebox listening on %s:%d\n", c->listen_host, port);
     fflush(stdout);
@@ -1723,6 +1776,7 @@ out:
      * stay RESERVED and are charged in full at the next start); ledger
      * callbacks still to come only settle. */
     g.stopped = 1;
+    fb_admin_free(g.admin);
     fb_server_free(g.srv);
     fb_upstream_free(g.up);
     fb_ledger_stop(g.ledger);
@@ -1754,6 +1808,7 @@ out:
         fb_map_free(g.keys, free);
     fb_budget_free(g.budget);
     fb_replay_free(g.replay);
+    fb_metrics_free(g.metrics);
     fb_prices_free(g.prices);
     if (g.provider_keys)
         for (size_t i = 0; i < c->nproviders; i++)

@@ -411,6 +411,17 @@ void fb_trip_clear(fb_replay *r, const char *scope)
     FB_ASSERT(r->failures != NULL);
 }
 
+int fb_trip_next(fb_replay *r, size_t *it, const char **scope,
+                 const char **reason)
+{
+    size_t klen;
+    void *v;
+    if (!fb_map_next(r->trips, it, scope, &klen, &v))
+        return 0;
+    *reason = v;
+    return 1;
+}
+
 const char *fb_trip_reason(fb_replay *r, const char *scope)
 {
     return fb_map_get(r->trips, scope, strlen(scope));

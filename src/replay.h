@@ -102,5 +102,8 @@ void fb_trip_set(fb_replay *r, const char *scope, const char *reason);
 void fb_trip_clear(fb_replay *r, const char *scope);
 /* The reason scope is tripped, or NULL. */
 const char *fb_trip_reason(fb_replay *r, const char *scope);
+/* Iterate the trips: start with *it = 0; 0 at the end. */
+int fb_trip_next(fb_replay *r, size_t *it, const char **scope,
+                 const char **reason);
 
 #endif

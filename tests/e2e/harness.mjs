@@ -8,6 +8,7 @@
 //   FUSEBOX_VALGRIND  1: run the daemon under valgrind (bounds grow x10)
 
 import { spawn, execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -367,6 +368,8 @@ function configYaml(o) {
     lines.push('limits:');
     for (const [k, v] of Object.entries(o.limits)) lines.push(`  ${k}: ${v}`);
   }
+  if (o.admin) lines.push('admin:', `  listen: ${yq('127.0.0.1:0')}`);
+  else lines.push('admin:', '  listen: off');
   return lines.join('\n') + '\n';
 }
 
@@ -386,6 +389,8 @@ function configYaml(o) {
  *   modelPrices model_prices overrides (gateway only)
  *   logLevel
  *   gwEnv       extra environment for the gateway (LD_PRELOAD, ...)
+ *   admin       true: the admin surface on a free loopback port
+ *               (env.adminUrl), with a random token (env.adminToken)
  *   t           a node:test context: cleanup is registered with t.after
  *
  * Call env.close() at the end (or pass t): it stops everything and
@@ -413,6 +418,9 @@ class Env {
     this.gw = null;
     this.old = []; // stopped processes, kept for their stderr
     this.closed = false;
+    // The admin surface's token (opts.admin): random per run, so that a
+    // test can also look for it where it must not be (logs, data_dir).
+    this.adminToken = opts.admin ? `adm-${randomBytes(12).toString('hex')}` : null;
   }
 
   async start() {
@@ -453,6 +461,7 @@ class Env {
       providers,
       budgets: o.budgets || { tenants: { acme: { jobs: { main: null } } } },
       limits: o.limits,
+      admin: !!o.admin,
     });
     writeFileSync(this.configPath, this.yaml);
     await this.startGateway();
@@ -465,9 +474,18 @@ class Env {
       ? ['--error-exitcode=99', '--leak-check=full', '-q', BIN, ...args]
       : args;
     this.gw = new Proc('fusebox serve', cmd, argv, {
-      env: { ...PROVIDER_KEYS, ...(this.opts.gwEnv || {}) }, cwd: this.dir,
+      env: {
+        ...PROVIDER_KEYS,
+        ...(this.adminToken ? { FUSEBOX_ADMIN_TOKEN: this.adminToken } : {}),
+        ...(this.opts.gwEnv || {}),
+      },
+      cwd: this.dir,
     });
     const g = await this.gw.ready('fusebox', 15000);
+    if (this.adminToken) {
+      const a = await this.gw.ready('fusebox admin', 5000);
+      this.adminUrl = `http://${a.addr}`;
+    }
     this.gwAddr = g.addr;
     this.gwHost = g.host;
     this.gwPort = g.port;
