@@ -15,6 +15,7 @@
 #include "budget.h"
 #include "config.h"
 #include "keys.h"
+#include "report.h"
 #include "store.h"
 
 static const char *period_name(fb_period p)
@@ -431,6 +432,32 @@ static void print_text(json_t *rows)
     }
 }
 
+/* fusebox spend --by: one report (report.h). */
+static int spend_by(fb_report_by by, const char *cfg, const char *tenant,
+                    const char *job, const char *key, int64_t since,
+                    int64_t until, fb_report_format fmt)
+{
+    fb_config *c = fb_cli_config(cfg);
+    fb_store *s = NULL;
+    int rc = 1;
+    if (c == NULL || (s = open_store(c)) == NULL)
+        goto out;
+    fb_spend_filter f = {.tenant = tenant,
+                         .job = job,
+                         .key_id = key,
+                         .since_ms = since,
+                         .until_ms = until};
+    if (fb_report_write(s, by, &f, fmt, stdout) != FB_OK) {
+        fprintf(stderr, "fusebox spend: cannot read the store\n");
+        goto out;
+    }
+    rc = 0;
+out:
+    fb_store_close(s);
+    fb_config_free(c);
+    return rc;
+}
+
 int fb_cli_spend(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -440,11 +467,14 @@ int fb_cli_spend(int argc, char **argv)
         {"since", required_argument, NULL, 's'},
         {"until", required_argument, NULL, 'u'},
         {"json", no_argument, NULL, 'J'},
+        {"csv", no_argument, NULL, 'C'},
+        {"by", required_argument, NULL, 'b'},
+        {"key", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     spend_ctx x = {0};
-    const char *cfg = NULL;
-    int as_json = 0, o, rc = 1;
+    const char *cfg = NULL, *key = NULL;
+    int as_json = 0, as_csv = 0, by = -1, o, rc = 1;
     char name[2 * FB_NAME_MAX + 16];
 
     optind = 1;
@@ -470,13 +500,49 @@ int fb_cli_spend(int argc, char **argv)
             break;
         }
         case 'J': as_json = 1; break;
+        case 'C': as_csv = 1; break;
+        case 'k': key = optarg; break;
+        case 'b':
+            if ((by = fb_report_by_parse(optarg)) < 0) {
+                fprintf(stderr, "fusebox spend: --by takes tenant, job, "
+                                "model, key, hour or day, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case 'h':
             printf("fusebox spend --config FILE [--tenant T] [--job J] "
-                   "[--since TIME] [--until TIME] [--json]\n");
+                   "[--since TIME] [--until TIME] [--json]\n"
+                   "fusebox spend --by tenant|job|model|key|hour|day "
+                   "[--tenant T] [--job J] [--key ID] [--since TIME] "
+                   "[--until TIME] [--json|--csv]\n");
             return 0;
         default: return 2;
         }
     }
+    if (optind < argc) {
+        fprintf(stderr, "fusebox spend: unexpected argument '%s'\n",
+                argv[optind]);
+        return 2;
+    }
+    if (as_json && as_csv) {
+        fprintf(stderr, "fusebox spend: --json or --csv, not both\n");
+        return 2;
+    }
+    if ((as_csv || key) && by < 0) {
+        fprintf(stderr, "fusebox spend: --csv and --key go with --by\n");
+        return 2;
+    }
+    if (x.since && x.until && x.until <= x.since) {
+        fprintf(stderr, "fusebox spend: --until must be after --since\n");
+        return 2;
+    }
+    if (by >= 0)
+        return spend_by((fb_report_by)by, cfg, x.tenant, x.job, key, x.since,
+                        x.until,
+                        as_json  ? FB_REPORT_JSON
+                        : as_csv ? FB_REPORT_CSV
+                                 : FB_REPORT_TEXT);
     if ((x.c = fb_cli_config(cfg)) == NULL)
         return 1;
     if ((x.s = open_store(x.c)) == NULL)

@@ -252,6 +252,35 @@ fb_err fb_store_breakdown(fb_store *s, const fb_spend_filter *f,
                                     fb_money cost),
                           void *arg);
 
+/* ---- reports (fusebox spend --by, the dashboard) ---- */
+typedef enum fb_report_by {
+    FB_BY_TENANT,
+    FB_BY_JOB, /* group "tenant/job" */
+    FB_BY_MODEL,
+    FB_BY_KEY,
+    FB_BY_HOUR, /* bucket_ms: the UTC hour's start */
+    FB_BY_DAY,  /* bucket_ms: the UTC day's start */
+} fb_report_by;
+
+typedef struct fb_report_row {
+    const char *group;  /* the tenant, "tenant/job", model or key id; for
+                           hour and day the bucket as decimal ms */
+    int64_t bucket_ms;  /* hour and day; 0 otherwise */
+    int64_t calls, paid_calls, blocked_calls, replayed_calls;
+    fb_money cost;      /* settled */
+    fb_money in_flight; /* reserved by calls not yet settled */
+    fb_money saved;
+} fb_report_row;
+
+/* Spend grouped by `by` over f (tenant, job, key_id, since, until), in
+ * group order. Whole hours come from the rollup that triggers keep with
+ * each ledger row; the partial hours at the edges and the calls in flight
+ * from the ledger itself: exact, and a million rows cost no more than
+ * the hours they span. fn returns non-zero to stop. */
+fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
+                       int (*fn)(void *arg, const fb_report_row *r),
+                       void *arg);
+
 /* ---- fusebox ledger verify ---- */
 typedef enum fb_verify_level {
     FB_VERIFY_INFO = 0, /* a count, for the report */

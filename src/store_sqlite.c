@@ -176,9 +176,43 @@ static const char schema_v3[] =
     " key_id, fp) WHERE fp IS NOT NULL AND attempt>0;"
     "PRAGMA user_version=3;";
 
-#define SCHEMA_VERSION 3
+/* Version 4: reports (issue 7). Spend per hour, tenant, job, key and
+ * model, kept by triggers in the same transaction as the ledger row it
+ * counts (so a journal replayed twice, a crash or a recovery cannot make
+ * them disagree; `ledger verify` checks it), and filled from the rows
+ * already there. A row counts once it is final (state 1, 2 or 3). The
+ * last blocked calls get an index of their own (few rows). */
+#define ROLLUP_ADD(R)                                                          \
+    "INSERT INTO spend_rollup VALUES(" R ".ts_ms-" R ".ts_ms%3600000,"        \
+    R ".tenant," R ".job," R ".key_id,COALESCE(" R ".model,''),1,"            \
+    R ".state=1 AND " R ".cost>0," R ".state=2," R ".state=3," R ".cost,"     \
+    R ".saved) ON CONFLICT DO UPDATE SET calls=calls+1,"                      \
+    "paid=paid+excluded.paid,blocked=blocked+excluded.blocked,"               \
+    "replayed=replayed+excluded.replayed,cost=cost+excluded.cost,"            \
+    "saved=saved+excluded.saved;"
+static const char schema_v4[] =
+    "CREATE TABLE IF NOT EXISTS spend_rollup("
+    " hour_ms INTEGER NOT NULL, tenant TEXT NOT NULL, job TEXT NOT NULL,"
+    " key_id TEXT NOT NULL, model TEXT NOT NULL, calls INTEGER NOT NULL,"
+    " paid INTEGER NOT NULL, blocked INTEGER NOT NULL,"
+    " replayed INTEGER NOT NULL, cost INTEGER NOT NULL,"
+    " saved INTEGER NOT NULL,"
+    " PRIMARY KEY(hour_ms, tenant, job, key_id, model)) WITHOUT ROWID;"
+    "CREATE TRIGGER IF NOT EXISTS ledger_rollup_insert AFTER INSERT ON ledger"
+    " WHEN NEW.state<>0 BEGIN " ROLLUP_ADD("NEW") " END;"
+    "CREATE TRIGGER IF NOT EXISTS ledger_rollup_settle AFTER UPDATE OF state"
+    " ON ledger WHEN OLD.state=0 AND NEW.state<>0 BEGIN " ROLLUP_ADD("NEW")
+    " END;"
+    "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job, key_id,"
+    " COALESCE(model,''), COUNT(*), SUM(state=1 AND cost>0), SUM(state=2),"
+    " SUM(state=3), SUM(cost), SUM(saved) FROM ledger WHERE state<>0"
+    " GROUP BY 1,2,3,4,5;"
+    "CREATE INDEX IF NOT EXISTS ledger_blocked ON ledger(id) WHERE state=2;"
+    "PRAGMA user_version=4;";
+
+#define SCHEMA_VERSION 4
 static const char *const migrations[SCHEMA_VERSION] = {schema_v1, schema_v2,
-                                                       schema_v3};
+                                                       schema_v3, schema_v4};
 
 struct fb_store {
     sqlite3 *db;
@@ -1214,6 +1248,89 @@ out:
     return err;
 }
 
+/* ---- reports ---- */
+
+#define HOUR_MS INT64_C(3600000)
+
+fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
+                       int (*fn)(void *arg, const fb_report_row *r),
+                       void *arg)
+{
+    /* The group, over the rollup's columns and over the ledger's. */
+    static const char *const grp[][2] = {
+        [FB_BY_TENANT] = {"tenant", "tenant"},
+        [FB_BY_JOB] = {"tenant||'/'||job", "tenant||'/'||job"},
+        [FB_BY_MODEL] = {"model", "COALESCE(model,'')"},
+        [FB_BY_KEY] = {"key_id", "key_id"},
+        [FB_BY_HOUR] = {"hour_ms", "ts_ms-ts_ms%3600000"},
+        [FB_BY_DAY] = {"hour_ms-hour_ms%86400000", "ts_ms-ts_ms%86400000"},
+    };
+    static const char filt[] =
+        " AND (?5 IS NULL OR tenant=?5) AND (?6 IS NULL OR job=?6)"
+        " AND (?7 IS NULL OR key_id=?7)";
+    char sql[2048];
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EINVAL;
+    int rc;
+    if ((unsigned)by > FB_BY_DAY)
+        return FB_EINVAL;
+    /* [S, U) asked; whole hours [A, B) from the rollup, the rest of
+     * [S, U) from the ledger. */
+    int64_t S = f->since_ms > 0 ? f->since_ms : 0;
+    int64_t U = f->until_ms > 0 ? f->until_ms : INT64_MAX;
+    int64_t A = S % HOUR_MS ? S - S % HOUR_MS + HOUR_MS : S;
+    int64_t B = U - U % HOUR_MS;
+    if (B <= A)
+        A = B = U;
+    int n = snprintf(
+        sql, sizeof sql,
+        "SELECT g, SUM(c), SUM(p), SUM(b), SUM(r), SUM(cost), SUM(fl),"
+        " SUM(sv) FROM ("
+        "SELECT %s AS g, calls AS c, paid AS p, blocked AS b, replayed AS r,"
+        " cost, 0 AS fl, saved AS sv FROM spend_rollup"
+        " WHERE hour_ms>=?3 AND hour_ms<?4%s"
+        " UNION ALL SELECT %s, 1, state=1 AND cost>0, state=2, state=3,"
+        " cost, 0, saved FROM ledger WHERE state<>0 AND"
+        " ((ts_ms>=?1 AND ts_ms<?3) OR (ts_ms>=?4 AND ts_ms<?2))%s"
+        " UNION ALL SELECT %s, 1, 0, 0, 0, 0, reserved, 0 FROM ledger"
+        " WHERE state=0 AND ts_ms>=?1 AND ts_ms<?2%s"
+        ") GROUP BY g ORDER BY g",
+        grp[by][0], filt, grp[by][1], filt, grp[by][1], filt);
+    if (n < 0 || (size_t)n >= sizeof sql)
+        goto out;
+    err = FB_EIO;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, S);
+    sqlite3_bind_int64(st, 2, U);
+    sqlite3_bind_int64(st, 3, A);
+    sqlite3_bind_int64(st, 4, B);
+    bind_opt(st, 5, f->tenant);
+    bind_opt(st, 6, f->job);
+    bind_opt(st, 7, f->key_id);
+    int timed = by == FB_BY_HOUR || by == FB_BY_DAY;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        fb_report_row r = {
+            .group = (const char *)sqlite3_column_text(st, 0),
+            .bucket_ms = timed ? sqlite3_column_int64(st, 0) : 0,
+            .calls = sqlite3_column_int64(st, 1),
+            .paid_calls = sqlite3_column_int64(st, 2),
+            .blocked_calls = sqlite3_column_int64(st, 3),
+            .replayed_calls = sqlite3_column_int64(st, 4),
+            .cost = sqlite3_column_int64(st, 5),
+            .in_flight = sqlite3_column_int64(st, 6),
+            .saved = sqlite3_column_int64(st, 7)};
+        if (r.group == NULL)
+            r.group = "";
+        if (fn(arg, &r) != 0)
+            break;
+    }
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
 /* ---- fusebox ledger verify ---- */
 
 /* A PRAGMA integrity_check / quick_check: "ok" alone, or the problems
@@ -1336,6 +1453,17 @@ fb_err fb_store_verify(fb_store *s, int64_t now_ms,
          "r.fp=k.fp AND r.seq=k.seq)",
          "live Idempotency-Keys whose kept result is gone (evicted by "
          "replay.max_bytes or purged); such a key answers 409"},
+        {"rollup_consistent", FB_VERIFY_FAIL,
+         "WITH l AS (SELECT ts_ms-ts_ms%3600000, tenant, job, key_id,"
+         " COALESCE(model,''), COUNT(*), SUM(state=1 AND cost>0),"
+         " SUM(state=2), SUM(state=3), SUM(cost), SUM(saved) FROM ledger"
+         " WHERE state<>0 GROUP BY 1,2,3,4,5),"
+         " r AS (SELECT * FROM spend_rollup)"
+         " SELECT (SELECT COUNT(*) FROM (SELECT * FROM l EXCEPT SELECT * FROM"
+         " r)) + (SELECT COUNT(*) FROM (SELECT * FROM r EXCEPT SELECT * FROM"
+         " l))",
+         "hours of the spend rollup (reports, dashboard) that disagree with "
+         "the ledger rows they count"},
         {"idem_wellformed", FB_VERIFY_FAIL,
          "SELECT COUNT(*) FROM idem_keys WHERE typeof(fp)<>'blob' OR "
          "length(fp)<>32 OR idem='' OR seq<0",

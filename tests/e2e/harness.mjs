@@ -732,6 +732,18 @@ export async function fakeFaultsClear(env) {
   return r.json;
 }
 
+/** sqlite3 SQL on a database file (the CLI from Debian): {code, stdout,
+ *  stderr}. For seeding and damaging stores in tests. */
+export function sqlite(dbPath, sql) {
+  return new Promise((res) => {
+    // The SQL on stdin: a seeding script can be longer than an argument.
+    const c = execFile('sqlite3', ['-bail', '-cmd', '.timeout 5000', dbPath],
+      { timeout: 60000 * SLOW, maxBuffer: 256 << 20 },
+      (err, stdout, stderr) => res({ code: err ? (err.code ?? -1) : 0, stdout, stderr }));
+    c.stdin.end(sql.trimEnd().endsWith(';') ? `${sql}\n` : `${sql};\n`);
+  });
+}
+
 /** `fusebox ARGS --config <env's config>` to its end: {code, stdout,
  *  stderr}; fails the test if it printed a sanitizer report. */
 export async function cliRun(env, args, opts = {}) {

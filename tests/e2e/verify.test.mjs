@@ -5,19 +5,12 @@
 // cost on a replayed row, a page of garbage) exits 1 and names the check.
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { openSync, writeSync, closeSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { startEnv, cliRun, chatBody, SLOW } from './harness.mjs';
+import { startEnv, cliRun, chatBody, sqlite } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
 
-function sqlite(dbPath, sql) {
-  return new Promise((res) => {
-    execFile('sqlite3', ['-cmd', '.timeout 5000', dbPath, sql], { timeout: 10000 * SLOW },
-      (err, stdout, stderr) => res({ code: err ? (err.code ?? -1) : 0, stdout, stderr }));
-  });
-}
 
 async function verifyJson(env) {
   const r = await cliRun(env, ['ledger', 'verify', '--json']);
@@ -73,8 +66,11 @@ it('ledger verify: clean while serving and stopped, counts the journal after kil
   // Damage by hand, one kind at a time, each undone after.
   const db = join(env.dataDir, 'fusebox.db');
   const damage = [
-    ['negative_money', 'UPDATE ledger SET cost=-5 WHERE id=(SELECT MIN(id) FROM ledger)',
-      'UPDATE ledger SET cost=5 WHERE cost=-5'],
+    // cost -> -cost-1 is its own inverse: the undo restores the cost exactly.
+    ['negative_money', 'UPDATE ledger SET cost=-cost-1 WHERE id=(SELECT MIN(id) FROM ledger)',
+      'UPDATE ledger SET cost=-cost-1 WHERE id=(SELECT MIN(id) FROM ledger)'],
+    ['rollup_consistent', 'UPDATE spend_rollup SET cost=cost+1 WHERE hour_ms=(SELECT MIN(hour_ms) FROM spend_rollup)',
+      'UPDATE spend_rollup SET cost=cost-1 WHERE hour_ms=(SELECT MIN(hour_ms) FROM spend_rollup)'],
     ['results_wellformed', 'UPDATE results SET status=42 WHERE id=(SELECT MIN(id) FROM results)',
       'UPDATE results SET status=200 WHERE status=42'],
     ['unpaid_rows_cost', 'UPDATE ledger SET cost=7 WHERE id=(SELECT MIN(id) FROM ledger WHERE state=3)',
