@@ -1278,7 +1278,7 @@ fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
      * [S, U) from the ledger. */
     int64_t S = f->since_ms > 0 ? f->since_ms : 0;
     int64_t U = f->until_ms > 0 ? f->until_ms : INT64_MAX;
-    int64_t A = S % HOUR_MS ? S - S % HOUR_MS + HOUR_MS : S;
+    int64_t A = (S % HOUR_MS) != 0 ? S - S % HOUR_MS + HOUR_MS : S;
     int64_t B = U - U % HOUR_MS;
     if (B <= A)
         A = B = U;
