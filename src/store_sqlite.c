@@ -473,7 +473,6 @@ static fb_err roll_flush(fb_store *s)
         sqlite3_bind_int64(st, 10, r->cost);
         sqlite3_bind_int64(st, 11, r->saved);
         err = step_done(st);
-        sqlite3_clear_bindings(st);
     }
     roll_drop(s);
     return err;
@@ -681,7 +680,6 @@ fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e)
     sqlite3_bind_int64(st, 16, e->saved);
     sqlite3_bind_int(st, 17, e->retry);
     fb_err err = step_done(st);
-    sqlite3_clear_bindings(st); /* fp is optional */
     if (err == FB_OK && e->state != FB_ENTRY_RESERVED)
         err = roll_note(s, e->ts_ms, e->tenant, e->job, e->key_id, e->model,
                         (int)e->state, e->cost, e->saved);

@@ -275,6 +275,16 @@ static void test_results_and_trips(void **state)
     assert_int_equal(fb_store_occurrences(s, "t", "j", "k_test", 2, fp, &n),
                      FB_OK);
     assert_int_equal(n, 2);
+    /* A row without a fingerprint after rows with one does not take the
+     * previous row's binding (stmt() clears them). */
+    e.id = 103;
+    e.state = FB_ENTRY_SETTLED;
+    e.status = 200;
+    e.fp = NULL;
+    assert_int_equal(fb_store_entry_insert(s, &e), FB_OK);
+    assert_int_equal(fb_store_occurrences(s, "t", "j", "k_test", 2, fp, &n),
+                     FB_OK);
+    assert_int_equal(n, 2);
     fb_spend sp;
     fb_spend_filter f = {.tenant = "t"};
     assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
