@@ -644,15 +644,6 @@ static int scope_of(const fb_config *c, int global, const char *tenant,
 
 /* A reset clears a trip and the rerun guard's memory of deterministic
  * failures; either is enough to call it done. */
-static fb_err reset_scope(fb_store *s, const char *scope)
-{
-    fb_err t = fb_store_trip_clear(s, scope);
-    fb_err r = fb_store_runs_clear(s, scope);
-    if (r != FB_OK)
-        return r;
-    return t == FB_ENOTFOUND ? FB_OK : t;
-}
-
 /* fusebox trip|reset [--global | --tenant T | --job J [--tenant T] |
  * --key ID] [--reason TEXT]: an emergency stop that running daemons apply
  * within a second (and keep across restarts), and its undoing. */
@@ -670,7 +661,7 @@ int fb_cli_trip(int argc, char **argv, int set)
     const char *cfg = NULL, *tenant = NULL, *job = NULL, *key = NULL;
     const char *reason = "emergency stop";
     int global = 0, o, rc = 2;
-    char scope[2 * FB_NAME_MAX + 16], subject[512];
+    char scope[2 * FB_NAME_MAX + 16];
     fb_config *c = NULL;
     fb_store *s = NULL;
     fb_err err;
@@ -703,19 +694,8 @@ int fb_cli_trip(int argc, char **argv, int set)
      * lets replays through only trips it made for a retry budget). */
     char why[200];
     snprintf(why, sizeof why, "by hand: %s", reason);
-    reason = why;
-    if (set)
-        snprintf(subject, sizeof subject, "%s\t%s", scope, reason);
-    else
-        snprintf(subject, sizeof subject, "%s", scope);
-    if ((err = fb_store_begin(s)) == FB_OK &&
-        (err = set ? fb_store_trip_set(s, scope, reason, fb_wall_ms())
-                   : reset_scope(s, scope)) == FB_OK &&
-        (err = fb_store_change_add(s, set ? "trip" : "reset", subject)) ==
-            FB_OK)
-        err = fb_store_commit(s);
-    if (err != FB_OK) {
-        fb_store_rollback(s);
+    if ((err = fb_store_trip_apply(s, scope, set, why, fb_wall_ms())) !=
+        FB_OK) {
         fprintf(stderr, "fusebox %s: %s\n", set ? "trip" : "reset",
                 err == FB_ENOTFOUND ? "that scope is not tripped"
                                     : "cannot write the store");

@@ -217,6 +217,12 @@ fb_err fb_store_trip_set(fb_store *s, const char *scope, const char *reason,
                          int64_t now_ms);
 /* FB_ENOTFOUND if the scope was not tripped. */
 fb_err fb_store_trip_clear(fb_store *s, const char *scope);
+/* Trip (set) or reset scope by hand, with the change that tells running
+ * daemons, in one transaction: what `fusebox trip`/`reset` and the
+ * dashboard do. A reset also clears the scope's failed runs; resetting a
+ * scope that is not tripped is not an error. */
+fb_err fb_store_trip_apply(fb_store *s, const char *scope, int set,
+                           const char *reason, int64_t now_ms);
 fb_err fb_store_trips(fb_store *s,
                       int (*fn)(void *arg, const char *scope,
                                 const char *reason, int64_t ts_ms),
@@ -279,6 +285,24 @@ typedef struct fb_report_row {
  * the hours they span. fn returns non-zero to stop. */
 fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
                        int (*fn)(void *arg, const fb_report_row *r),
+                       void *arg);
+
+/* ---- the dashboard ---- */
+typedef struct fb_blocked_row {
+    int64_t id, ts_ms;
+    const char *tenant, *job, *key_id, *model, *outcome;
+    int status;
+} fb_blocked_row;
+
+/* The last `limit` blocked calls, newest first (an index of their own). */
+fb_err fb_store_blocked_recent(fb_store *s, int limit,
+                               int (*fn)(void *arg, const fb_blocked_row *r),
+                               void *arg);
+/* Scopes that fusebox run started more than once since since_ms: how
+ * many runs, and the newest one's outcome. */
+fb_err fb_store_reruns(fb_store *s, int64_t since_ms,
+                       int (*fn)(void *arg, const char *scope, int64_t runs,
+                                 const char *last_outcome),
                        void *arg);
 
 /* ---- fusebox ledger verify ---- */

@@ -1464,6 +1464,98 @@ out:
     return err;
 }
 
+fb_err fb_store_trip_apply(fb_store *s, const char *scope, int set,
+                           const char *reason, int64_t now_ms)
+{
+    char subject[512];
+    fb_err err;
+    if (set)
+        snprintf(subject, sizeof subject, "%s\t%s", scope, reason);
+    else
+        snprintf(subject, sizeof subject, "%s", scope);
+    if ((err = fb_store_begin(s)) != FB_OK)
+        return err;
+    if (set) {
+        err = fb_store_trip_set(s, scope, reason, now_ms);
+    } else {
+        err = fb_store_trip_clear(s, scope);
+        if (err == FB_ENOTFOUND)
+            err = FB_OK;
+        if (err == FB_OK)
+            err = fb_store_runs_clear(s, scope);
+    }
+    if (err == FB_OK)
+        err = fb_store_change_add(s, set ? "trip" : "reset", subject);
+    if (err == FB_OK)
+        err = fb_store_commit(s);
+    if (err != FB_OK)
+        fb_store_rollback(s);
+    return err;
+}
+
+/* ---- the dashboard ---- */
+
+fb_err fb_store_blocked_recent(fb_store *s, int limit,
+                               int (*fn)(void *arg, const fb_blocked_row *r),
+                               void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int rc;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT id, ts_ms, tenant, job, key_id,"
+                           " COALESCE(model,''), COALESCE(outcome,''), status"
+                           " FROM ledger WHERE state=2 ORDER BY id DESC"
+                           " LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int(st, 1, limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        fb_blocked_row r = {
+            .id = sqlite3_column_int64(st, 0),
+            .ts_ms = sqlite3_column_int64(st, 1),
+            .tenant = (const char *)sqlite3_column_text(st, 2),
+            .job = (const char *)sqlite3_column_text(st, 3),
+            .key_id = (const char *)sqlite3_column_text(st, 4),
+            .model = (const char *)sqlite3_column_text(st, 5),
+            .outcome = (const char *)sqlite3_column_text(st, 6),
+            .status = sqlite3_column_int(st, 7)};
+        if (fn(arg, &r) != 0)
+            break;
+    }
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_reruns(fb_store *s, int64_t since_ms,
+                       int (*fn)(void *arg, const char *scope, int64_t runs,
+                                 const char *last_outcome),
+                       void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int rc;
+    /* The bare column takes its value from the MAX() row (SQLite). */
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT scope, COUNT(*), outcome, MAX(started_ms)"
+                           " FROM runs WHERE started_ms>=? GROUP BY scope"
+                           " HAVING COUNT(*)>1 ORDER BY 2 DESC, 1",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, since_ms);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+               sqlite3_column_int64(st, 1),
+               (const char *)sqlite3_column_text(st, 2)) != 0)
+            break;
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
 /* ---- fusebox ledger verify ---- */
 
 /* A PRAGMA integrity_check / quick_check: "ok" alone, or the problems
