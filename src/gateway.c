@@ -1526,6 +1526,46 @@ static char *metrics_text(void *ud, size_t *len)
     return fb_metrics_render(g->metrics, &src, len);
 }
 
+static int cmp_budget(const void *a, const void *b)
+{
+    return strcmp(((const fb_dash_budget *)a)->scope,
+                  ((const fb_dash_budget *)b)->scope);
+}
+
+static fb_dash_budget *dash_budgets(void *ud, size_t *n)
+{
+    gateway *g = ud;
+    size_t it = 0, cap = 16;
+    fb_scope *sc;
+    int64_t now = fb_wall_ms();
+    fb_dash_budget *v = malloc(cap * sizeof *v);
+    *n = 0;
+    while (v != NULL && fb_budget_next(g->budget, &it, &sc)) {
+        const fb_budget_spec *spec = fb_scope_limit(sc);
+        if (!spec->set)
+            continue;
+        if (*n == cap) {
+            fb_dash_budget *nv = realloc(v, 2 * cap * sizeof *v);
+            if (nv == NULL)
+                break;
+            v = nv;
+            cap *= 2;
+        }
+        fb_dash_budget *b = &v[(*n)++];
+        snprintf(b->scope, sizeof b->scope, "%s", fb_scope_name(sc));
+        b->spec = *spec;
+        fb_scope_counters(sc, now, &b->spent, &b->reserved);
+    }
+    if (v != NULL)
+        qsort(v, *n, sizeof *v, cmp_budget);
+    return v;
+}
+
+static int dash_store_ok(void *ud)
+{
+    return fb_ledger_ok(((gateway *)ud)->ledger);
+}
+
 /* The admin surface, when a token is configured (admin.h). */
 static int start_admin(gateway *g, const fb_server_opts *so)
 {
@@ -1539,9 +1579,10 @@ static int start_admin(gateway *g, const fb_server_opts *so)
                c->admin_token_env);
         return 0;
     }
-    static const fb_admin_hooks hooks = {.metrics = metrics_text};
-    g->admin = fb_admin_start(g->base, so, c->admin_host, c->admin_port, token,
-                              &hooks, g, &port);
+    static const fb_admin_hooks hooks = {.metrics = metrics_text,
+                                         .budgets = dash_budgets,
+                                         .store_ok = dash_store_ok};
+    g->admin = fb_admin_start(g->base, c, so, token, &hooks, g, &port);
     if (g->admin == NULL)
         return -1;
     printf("fusebox admin listening on %s:%d\n", c->admin_host, port);

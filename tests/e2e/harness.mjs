@@ -744,6 +744,44 @@ export function sqlite(dbPath, sql) {
   });
 }
 
+/** SQL that seeds a store's ledger with `count` rows over the `days`
+ *  before `now` (ids from idBase up), and their hours in the spend
+ *  rollup, as the store itself would write them. Deterministic: the same
+ *  seed gives the same rows. scopes: [[tenant, job, key], ...]. Mostly
+ *  paid rows; some blocked, replayed, and left in flight (the next start
+ *  charges those in full). Run it with the gateway stopped. */
+export function seedLedgerSql({ count, now, days = 3, seed = 7, idBase = 1000000,
+  scopes = [['acme', 'main', 'k_seed']], models = ['gpt-4o-mini'] }) {
+  let x = BigInt(seed);
+  const rnd = () => {
+    x = (x * 6364136223846793005n + 1442695040888963407n) & ((1n << 64n) - 1n);
+    return Number(x >> 33n);
+  };
+  const span = days * 24 * 3600000;
+  const values = [];
+  for (let i = 0; i < count; i++) {
+    const [t, j, k] = scopes[rnd() % scopes.length];
+    const m = models[rnd() % models.length];
+    const ts = now - span + (rnd() % (span - 60000));
+    const r = rnd() % 20;
+    const state = r < 14 ? 1 : r < 16 ? 2 : r < 19 ? 3 : 0;
+    const reserved = 1000000 + (rnd() % 90000000);
+    const cost = state === 1 ? (r === 0 ? 0 : reserved - (rnd() % 1000000)) : 0;
+    const saved = state === 3 ? 1 + (rnd() % 5000000) : 0;
+    const status = state === 2 ? 402 : 200;
+    const outcome = state === 0 ? 'NULL' : state === 2 ? "'budget_exceeded:seeded'" : "'seeded'";
+    values.push(`(${idBase + i},${ts},'${t}','${j}','${k}','openai','${m}','/v1/chat/completions',` +
+      `${status},${reserved},${cost},${state},${outcome},NULL,0,0,${saved})`);
+  }
+  return 'BEGIN;INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,model,path,' +
+    `status,reserved,cost,state,outcome,fp,attempt,retry,saved) VALUES ${values.join(',')};` +
+    "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job, key_id, COALESCE(model,''), " +
+    'COUNT(*), SUM(state=1 AND cost>0), SUM(state=2), SUM(state=3), SUM(cost), SUM(saved) ' +
+    `FROM ledger WHERE id>=${idBase} AND state<>0 GROUP BY 1,2,3,4,5 ON CONFLICT DO UPDATE SET ` +
+    'calls=calls+excluded.calls, paid=paid+excluded.paid, blocked=blocked+excluded.blocked, ' +
+    'replayed=replayed+excluded.replayed, cost=cost+excluded.cost, saved=saved+excluded.saved;COMMIT;';
+}
+
 /** `fusebox ARGS --config <env's config>` to its end: {code, stdout,
  *  stderr}; fails the test if it printed a sanitizer report. */
 export async function cliRun(env, args, opts = {}) {

@@ -8,25 +8,11 @@
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { startEnv, chatBody, cliRun, sqlite, pico } from './harness.mjs';
+import { startEnv, chatBody, cliRun, sqlite, pico, seedLedgerSql } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
-const ROLLUP_SEEDED = "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job, key_id, " +
-  "COALESCE(model,''), COUNT(*), SUM(state=1 AND cost>0), SUM(state=2), SUM(state=3), SUM(cost), SUM(saved) " +
-  'FROM ledger WHERE id>=1000000 AND state<>0 GROUP BY 1,2,3,4,5 ON CONFLICT DO UPDATE SET ' +
-  'calls=calls+excluded.calls, paid=paid+excluded.paid, blocked=blocked+excluded.blocked, ' +
-  'replayed=replayed+excluded.replayed, cost=cost+excluded.cost, saved=saved+excluded.saved;';
 const HOUR = 3600000;
 const DAY = 24 * HOUR;
-
-// A small deterministic generator (no Math.random: a failure reproduces).
-function lcg(seed) {
-  let x = BigInt(seed);
-  return () => {
-    x = (x * 6364136223846793005n + 1442695040888963407n) & ((1n << 64n) - 1n);
-    return Number(x >> 33n);
-  };
-}
 
 describe('fusebox spend --by', () => {
   let env, db, now, raw;
@@ -41,30 +27,11 @@ describe('fusebox spend --by', () => {
 
     // 1,500 rows over the last three days, ids far above the daemon's.
     now = Date.now();
-    const rnd = lcg(7);
-    const scopes = [['acme', 'etl', 'k_etl1'], ['acme', 'chat', 'k_chat1'], ['acme', 'chat', 'k_chat2'], ['beta', 'x', 'k_x1']];
-    const models = ['gpt-4o-mini', 'gpt-4o', 'claude-3-5-haiku-latest'];
-    const values = [];
-    for (let i = 0; i < 1500; i++) {
-      const [t, j, k] = scopes[rnd() % scopes.length];
-      const m = models[rnd() % models.length];
-      const ts = now - 3 * DAY + (rnd() % (3 * DAY - 60000));
-      const r = rnd() % 20;
-      // state: 1 paid (most), 2 blocked, 3 replayed, 0 in flight at the
-      // stop (the restart charges those in full: the settle trigger).
-      const state = r < 14 ? 1 : r < 16 ? 2 : r < 19 ? 3 : 0;
-      const reserved = 1000000 + (rnd() % 90000000);
-      const cost = state === 1 ? (r === 0 ? 0 : reserved - (rnd() % 1000000)) : 0;
-      const saved = state === 3 ? 1 + (rnd() % 5000000) : 0;
-      const status = state === 2 ? 402 : 200;
-      values.push(`(${1000000 + i},${ts},'${t}','${j}','${k}','openai','${m}','/v1/chat/completions',` +
-        `${status},${reserved},${cost},${state},${state === 0 ? 'NULL' : "'seeded'"},NULL,0,0,${saved})`);
-    }
-    // The seeded rows and their hours in the spend rollup, as the store
-    // writes them (the rows in flight join it when the restart charges them).
-    const ins = await sqlite(db, 'BEGIN;INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,model,path,' +
-      `status,reserved,cost,state,outcome,fp,attempt,retry,saved) VALUES ${values.join(',')};` +
-      ROLLUP_SEEDED + 'COMMIT;');
+    const ins = await sqlite(db, seedLedgerSql({
+      count: 1500, now,
+      scopes: [['acme', 'etl', 'k_etl1'], ['acme', 'chat', 'k_chat1'], ['acme', 'chat', 'k_chat2'], ['beta', 'x', 'k_x1']],
+      models: ['gpt-4o-mini', 'gpt-4o', 'claude-3-5-haiku-latest'],
+    }));
     assert.equal(ins.code, 0, ins.stderr);
     await env.restart();
     for (let i = 0; i < 3; i++) {
