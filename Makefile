@@ -5,6 +5,7 @@
 #   make demo-incident  a failing job rerun by a naive queue, three ways
 #   make bench      fusebox side by side with nginx and Portkey, tables in bench/results/
 #   make bench-scale  memory with many keys, results and open streams
+#   make bench-dashboard  the dashboard over a million ledger rows
 #   make callgrind-check  instructions per call against bench/callgrind.limits
 #   make torture    kill -9 the gateway under load KILLS=100 times, check after each restart
 #   make SANITIZE=1 ASan + UBSan build (into build-san/)
@@ -47,7 +48,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e torture demo demo-incident bench bench-scale callgrind-check install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e torture demo demo-incident bench bench-scale bench-dashboard callgrind-check install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -114,6 +115,11 @@ callgrind-check: deps
 bench-scale: deps
 	@$(MAKE) --no-print-directory all
 	@node bench/scale.mjs $(abspath $(BUILD)/fusebox)
+
+# The dashboard over a million ledger rows (issue 7): bench/results/dashboard.md
+bench-dashboard: deps
+	@$(MAKE) --no-print-directory all
+	@node bench/dashboard.mjs $(abspath $(BUILD)/fusebox)
 
 # The bench's load generator (open loop at fixed rates, p99.9): libevent only.
 $(BUILD)/loadgen: bench/loadgen.c

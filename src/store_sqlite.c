@@ -31,7 +31,6 @@ enum {
     ST_ENTRY_INSERT,
     ST_ENTRY_SETTLE,
     ST_ENTRY_ROLL,
-    ST_SPEND,
     ST_CHANGE_ADD,
     ST_CHANGES,
     ST_RESULT_GET,
@@ -70,16 +69,6 @@ static const char *const stmt_sql[ST__COUNT] = {
      * measured, it costs three times this lookup.) */
     [ST_ENTRY_ROLL] = "SELECT ts_ms,tenant,job,key_id,model,saved FROM ledger "
                       "WHERE id=?",
-    [ST_SPEND] =
-        "SELECT COALESCE(SUM(CASE state WHEN 0 THEN reserved ELSE cost END),0),"
-        " COALESCE(SUM(CASE state WHEN 0 THEN reserved ELSE 0 END),0),"
-        " COUNT(CASE WHEN state=1 AND cost>0 THEN 1 END),"
-        " COUNT(CASE WHEN state=2 THEN 1 END), COUNT(*),"
-        " COUNT(CASE WHEN state=3 THEN 1 END),"
-        " COALESCE(SUM(CASE state WHEN 3 THEN saved ELSE 0 END),0)"
-        " FROM ledger WHERE ts_ms>=?1 AND (?2=0 OR ts_ms<?2)"
-        " AND (?3 IS NULL OR tenant=?3) AND (?4 IS NULL OR job=?4)"
-        " AND (?5 IS NULL OR key_id=?5)",
     [ST_CHANGE_ADD] = "INSERT INTO changes(kind,subject) VALUES(?,?)",
     [ST_CHANGES] = "SELECT seq,kind,subject FROM changes WHERE seq>? "
                    "ORDER BY seq",
@@ -196,7 +185,8 @@ static const char schema_v3[] =
 #define ROLLUP_OF(WHERE)                                                       \
     "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job,"       \
     " key_id, COALESCE(model,''), COUNT(*), SUM(state=1 AND cost>0),"         \
-    " SUM(state=2), SUM(state=3), SUM(cost), SUM(saved) FROM ledger WHERE "   \
+    " SUM(state=2), SUM(state=3), SUM(cost),"                              \
+    " SUM(CASE state WHEN 3 THEN saved ELSE 0 END) FROM ledger WHERE "        \
     WHERE " GROUP BY 1,2,3,4,5"
 static const char schema_v4[] =
     "CREATE TABLE IF NOT EXISTS spend_rollup("
@@ -207,6 +197,9 @@ static const char schema_v4[] =
     " saved INTEGER NOT NULL,"
     " PRIMARY KEY(hour_ms, tenant, job, key_id, model)) WITHOUT ROWID;"
     ROLLUP_OF("state<>0") ";"
+    /* a scope's spend (budgets at start, key windows, fusebox spend) */
+    "CREATE INDEX IF NOT EXISTS spend_rollup_scope ON spend_rollup(tenant,"
+    " job, hour_ms);"
     "CREATE INDEX IF NOT EXISTS ledger_blocked ON ledger(id) WHERE state=2;"
     "PRAGMA user_version=4;";
 
@@ -231,6 +224,7 @@ struct fb_store {
     char why[160]; /* why the last failed transaction failed */
     roll pend[ROLL_MAX];
     size_t npend;
+    sqlite3_stmt *spend_st[8]; /* per filter set (spend_stmt) */
 };
 
 /* Keep why a write failed before a rollback resets SQLite's error: the
@@ -430,12 +424,17 @@ out:
     return err;
 }
 
+static void roll_drop(fb_store *s);
+
 void fb_store_close(fb_store *s)
 {
     if (s == NULL)
         return;
     for (int i = 0; i < ST__COUNT; i++)
         sqlite3_finalize(s->st[i]);
+    for (int i = 0; i < 8; i++)
+        sqlite3_finalize(s->spend_st[i]);
+    roll_drop(s);
     sqlite3_close(s->db);
     free(s);
 }
@@ -517,7 +516,7 @@ static fb_err roll_note(fb_store *s, int64_t ts_ms, const char *tenant,
     r->blocked += state == FB_ENTRY_BLOCKED;
     r->replayed += state == FB_ENTRY_REPLAYED;
     r->cost += cost;
-    r->saved += saved;
+    r->saved += state == FB_ENTRY_REPLAYED ? saved : 0; /* as replays save */
     /* Outside a transaction the row is committed already: so is this. */
     return sqlite3_get_autocommit(s->db) ? roll_flush(s) : FB_OK;
 }
@@ -723,7 +722,7 @@ fb_err fb_store_recover(fb_store *s, int64_t *n)
         "BEGIN IMMEDIATE;"
         "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job,"
         " key_id, COALESCE(model,''), COUNT(*), SUM(reserved>0), 0, 0,"
-        " SUM(reserved), SUM(saved) FROM ledger WHERE state=0"
+        " SUM(reserved), 0 FROM ledger WHERE state=0"
         " GROUP BY 1,2,3,4,5 ON CONFLICT DO UPDATE SET"
         " calls=calls+excluded.calls, paid=paid+excluded.paid,"
         " cost=cost+excluded.cost, saved=saved+excluded.saved;"
@@ -766,16 +765,93 @@ static void bind_opt(sqlite3_stmt *st, int i, const char *v)
         sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
 }
 
+/* The bounds of a spend query over f: [*S, *U) asked; whole hours
+ * [*A, *B) read from the rollup; the rest of [*S, *U) from the ledger. */
+static void spend_bounds(const fb_spend_filter *f, int64_t *S, int64_t *U,
+                         int64_t *A, int64_t *B)
+{
+    const int64_t hour = INT64_C(3600000);
+    *S = f->since_ms > 0 ? f->since_ms : 0;
+    *U = f->until_ms > 0 ? f->until_ms : INT64_MAX;
+    *A = (*S % hour) != 0 ? *S - *S % hour + hour : *S;
+    *B = *U - *U % hour;
+    if (*B <= *A)
+        *A = *B = *U;
+}
+
+/* The filters of f, as SQL: only those set, so that SQLite can use the
+ * rollup's index (a "?5 IS NULL OR tenant=?5" cannot). Parameters ?5, ?6,
+ * ?7. Over the ledger (ledger=1) the columns are written "+tenant": no
+ * index on them, so that the time range (ledger_ts) or the calls in
+ * flight (ledger_pending) pick the few rows: a tenant's index would walk
+ * all its rows. */
+static void spend_filter(const fb_spend_filter *f, int ledger, char *buf,
+                         size_t cap)
+{
+    const char *p = ledger ? "+" : "";
+    snprintf(buf, cap, "%s%s%s%s%s%s", f->tenant ? " AND " : "",
+             f->tenant ? p : "", f->tenant ? "tenant=?5" : "",
+             f->job ? (ledger ? " AND +job=?6" : " AND job=?6") : "",
+             f->key_id ? " AND " : "",
+             f->key_id ? (ledger ? "+key_id=?7" : "key_id=?7") : "");
+}
+
+static void bind_spend(sqlite3_stmt *st, const fb_spend_filter *f)
+{
+    int64_t S, U, A, B;
+    spend_bounds(f, &S, &U, &A, &B);
+    sqlite3_bind_int64(st, 1, S);
+    sqlite3_bind_int64(st, 2, U);
+    sqlite3_bind_int64(st, 3, A);
+    sqlite3_bind_int64(st, 4, B);
+    bind_opt(st, 5, f->tenant);
+    bind_opt(st, 6, f->job);
+    bind_opt(st, 7, f->key_id);
+}
+
+/* Totals over [?1, ?2): whole hours [?3, ?4) from the rollup, the cut
+ * hours and the calls in flight from the ledger (fb_store_report groups
+ * the same three parts). Prepared once per filter set. */
+static sqlite3_stmt *spend_stmt(fb_store *s, const fb_spend_filter *f)
+{
+    int mask = (f->tenant != NULL) | (f->job != NULL) << 1 |
+               (f->key_id != NULL) << 2;
+    if (s->spend_st[mask] == NULL) {
+        char filt[64], lfilt[64], sql[1536];
+        spend_filter(f, 0, filt, sizeof filt);
+        spend_filter(f, 1, lfilt, sizeof lfilt);
+        snprintf(sql, sizeof sql,
+                 "SELECT COALESCE(SUM(cost)+SUM(fl),0), COALESCE(SUM(fl),0),"
+                 " COALESCE(SUM(p),0), COALESCE(SUM(b),0), COALESCE(SUM(c),0),"
+                 " COALESCE(SUM(r),0), COALESCE(SUM(sv),0) FROM ("
+                 "SELECT calls AS c, paid AS p, blocked AS b, replayed AS r,"
+                 " cost, 0 AS fl, saved AS sv FROM spend_rollup WHERE"
+                 " hour_ms>=?3 AND hour_ms<?4%s"
+                 " UNION ALL SELECT 1, state=1 AND cost>0, state=2, state=3,"
+                 " cost, 0, CASE state WHEN 3 THEN saved ELSE 0 END FROM"
+                 " ledger WHERE state<>0 AND ((ts_ms>=?1 AND ts_ms<?3) OR"
+                 " (ts_ms>=?4 AND ts_ms<?2))%s"
+                 " UNION ALL SELECT 1, 0, 0, 0, 0, reserved, 0 FROM ledger"
+                 " WHERE state=0 AND ts_ms>=?1 AND ts_ms<?2%s)",
+                 filt, lfilt, lfilt);
+        if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT,
+                               &s->spend_st[mask], NULL) != SQLITE_OK)
+            return NULL;
+    }
+    sqlite3_stmt *st = s->spend_st[mask];
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+}
+
 fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out)
 {
-    sqlite3_stmt *st = stmt(s, ST_SPEND);
+    sqlite3_stmt *st = spend_stmt(s, f);
     fb_err err;
     memset(out, 0, sizeof *out);
-    sqlite3_bind_int64(st, 1, f->since_ms);
-    sqlite3_bind_int64(st, 2, f->until_ms);
-    bind_opt(st, 3, f->tenant);
-    bind_opt(st, 4, f->job);
-    bind_opt(st, 5, f->key_id);
+    if (st == NULL)
+        return FB_EIO;
+    bind_spend(st, f);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         out->spent = sqlite3_column_int64(st, 0);
@@ -802,8 +878,11 @@ fb_err fb_store_scopes(fb_store *s,
     fb_err err = FB_EIO;
     int rc;
     if (sqlite3_prepare_v2(s->db,
-                           "SELECT DISTINCT tenant, job FROM ledger "
-                           "ORDER BY tenant, job",
+                           /* final rows are all in the rollup (an
+                            * index on tenant, job); the rest in flight */
+                           "SELECT tenant, job FROM spend_rollup UNION "
+                           "SELECT tenant, job FROM ledger WHERE state=0 "
+                           "ORDER BY 1, 2",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1383,8 +1462,6 @@ out:
 
 /* ---- reports ---- */
 
-#define HOUR_MS INT64_C(3600000)
-
 fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
                        int (*fn)(void *arg, const fb_report_row *r),
                        void *arg)
@@ -1398,23 +1475,14 @@ fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
         [FB_BY_HOUR] = {"hour_ms", "ts_ms-ts_ms%3600000"},
         [FB_BY_DAY] = {"hour_ms-hour_ms%86400000", "ts_ms-ts_ms%86400000"},
     };
-    static const char filt[] =
-        " AND (?5 IS NULL OR tenant=?5) AND (?6 IS NULL OR job=?6)"
-        " AND (?7 IS NULL OR key_id=?7)";
-    char sql[2048];
+    char filt[64], lfilt[64], sql[2048];
     sqlite3_stmt *st = NULL;
     fb_err err = FB_EINVAL;
     int rc;
     if ((unsigned)by > FB_BY_DAY)
         return FB_EINVAL;
-    /* [S, U) asked; whole hours [A, B) from the rollup, the rest of
-     * [S, U) from the ledger. */
-    int64_t S = f->since_ms > 0 ? f->since_ms : 0;
-    int64_t U = f->until_ms > 0 ? f->until_ms : INT64_MAX;
-    int64_t A = (S % HOUR_MS) != 0 ? S - S % HOUR_MS + HOUR_MS : S;
-    int64_t B = U - U % HOUR_MS;
-    if (B <= A)
-        A = B = U;
+    spend_filter(f, 0, filt, sizeof filt);
+    spend_filter(f, 1, lfilt, sizeof lfilt);
     int n = snprintf(
         sql, sizeof sql,
         "SELECT g, SUM(c), SUM(p), SUM(b), SUM(r), SUM(cost), SUM(fl),"
@@ -1423,24 +1491,19 @@ fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
         " cost, 0 AS fl, saved AS sv FROM spend_rollup"
         " WHERE hour_ms>=?3 AND hour_ms<?4%s"
         " UNION ALL SELECT %s, 1, state=1 AND cost>0, state=2, state=3,"
-        " cost, 0, saved FROM ledger WHERE state<>0 AND"
+        " cost, 0, CASE state WHEN 3 THEN saved ELSE 0 END FROM ledger"
+        " WHERE state<>0 AND"
         " ((ts_ms>=?1 AND ts_ms<?3) OR (ts_ms>=?4 AND ts_ms<?2))%s"
         " UNION ALL SELECT %s, 1, 0, 0, 0, 0, reserved, 0 FROM ledger"
         " WHERE state=0 AND ts_ms>=?1 AND ts_ms<?2%s"
         ") GROUP BY g ORDER BY g",
-        grp[by][0], filt, grp[by][1], filt, grp[by][1], filt);
+        grp[by][0], filt, grp[by][1], lfilt, grp[by][1], lfilt);
     if (n < 0 || (size_t)n >= sizeof sql)
         goto out;
     err = FB_EIO;
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
         goto out;
-    sqlite3_bind_int64(st, 1, S);
-    sqlite3_bind_int64(st, 2, U);
-    sqlite3_bind_int64(st, 3, A);
-    sqlite3_bind_int64(st, 4, B);
-    bind_opt(st, 5, f->tenant);
-    bind_opt(st, 6, f->job);
-    bind_opt(st, 7, f->key_id);
+    bind_spend(st, f);
     int timed = by == FB_BY_HOUR || by == FB_BY_DAY;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         fb_report_row r = {
@@ -1681,7 +1744,8 @@ fb_err fb_store_verify(fb_store *s, int64_t now_ms,
         {"rollup_consistent", FB_VERIFY_FAIL,
          "WITH l AS (SELECT ts_ms-ts_ms%3600000, tenant, job, key_id,"
          " COALESCE(model,''), COUNT(*), SUM(state=1 AND cost>0),"
-         " SUM(state=2), SUM(state=3), SUM(cost), SUM(saved) FROM ledger"
+         " SUM(state=2), SUM(state=3), SUM(cost),"
+         " SUM(CASE state WHEN 3 THEN saved ELSE 0 END) FROM ledger"
          " WHERE state<>0 GROUP BY 1,2,3,4,5),"
          " r AS (SELECT * FROM spend_rollup)"
          " SELECT (SELECT COUNT(*) FROM (SELECT * FROM l EXCEPT SELECT * FROM"

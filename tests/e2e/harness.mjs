@@ -776,7 +776,7 @@ export function seedLedgerSql({ count, now, days = 3, seed = 7, idBase = 1000000
   return 'BEGIN;INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,model,path,' +
     `status,reserved,cost,state,outcome,fp,attempt,retry,saved) VALUES ${values.join(',')};` +
     "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job, key_id, COALESCE(model,''), " +
-    'COUNT(*), SUM(state=1 AND cost>0), SUM(state=2), SUM(state=3), SUM(cost), SUM(saved) ' +
+    'COUNT(*), SUM(state=1 AND cost>0), SUM(state=2), SUM(state=3), SUM(cost), SUM(CASE state WHEN 3 THEN saved ELSE 0 END) ' +
     `FROM ledger WHERE id>=${idBase} AND state<>0 GROUP BY 1,2,3,4,5 ON CONFLICT DO UPDATE SET ` +
     'calls=calls+excluded.calls, paid=paid+excluded.paid, blocked=blocked+excluded.blocked, ' +
     'replayed=replayed+excluded.replayed, cost=cost+excluded.cost, saved=saved+excluded.saved;COMMIT;';

@@ -76,7 +76,7 @@ describe('fusebox spend --by', () => {
       e.blocked += x.state === 2 ? 1 : 0;
       e.replayed += x.state === 3 ? 1 : 0;
       e.calls += 1;
-      e.saved += x.saved;
+      e.saved += x.state === 3 ? x.saved : 0n;
       m.set(g, e);
     }
     return m;
