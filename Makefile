@@ -89,7 +89,8 @@ $(BUILD)/fbfault.so: tests/fault/fbfault.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 -g -shared -fPIC -o $@ $< -ldl
 
-test: deps
+test:
+	@scripts/deps.sh --test
 	@$(MAKE) --no-print-directory all unit
 	@$(MAKE) --no-print-directory e2e
 
@@ -117,7 +118,8 @@ bench-scale: deps
 	@node bench/scale.mjs $(abspath $(BUILD)/fusebox)
 
 # The dashboard over a million ledger rows (issue 7): bench/results/dashboard.md
-bench-dashboard: deps
+bench-dashboard:
+	@scripts/deps.sh --test
 	@$(MAKE) --no-print-directory all
 	@node bench/dashboard.mjs $(abspath $(BUILD)/fusebox)
 

@@ -1,14 +1,19 @@
 #!/bin/sh
 # Install the Debian packages fusebox builds and tests with, when missing.
 # As root it runs apt-get; otherwise it prints the exact command to run.
+#   --test  also what only the tests need (Chromium, for the dashboard)
 set -eu
 pkgs="build-essential pkg-config libevent-dev libcurl4-openssl-dev libsqlite3-dev
 libjansson-dev libyaml-dev libssl-dev libcmocka-dev sqlite3 curl openssl nodejs npm"
+if [ "${1:-}" = --test ]; then
+    pkgs="$pkgs chromium"
+fi
 missing=""
 for p in $pkgs; do
     case "$p" in
     nodejs) command -v node >/dev/null 2>&1 && continue ;;
     npm) command -v npm >/dev/null 2>&1 && continue ;;
+    chromium) command -v chromium >/dev/null 2>&1 && continue ;;
     esac
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
 done

@@ -12,13 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alerts.h"
 #include "keys.h"
 #include "log.h"
 #include "store.h"
 
 #define FORM_MAX 256
 
-typedef enum { JOB_PAGE, JOB_TRIP, JOB_RESET } job_kind;
+typedef enum { JOB_PAGE, JOB_TRIP, JOB_RESET, JOB_ALERTS } job_kind;
 
 typedef struct job {
     struct job *next;
@@ -198,6 +199,12 @@ static int scope_ok(const char *s)
 
 static void run_job(fb_admin *a, job *j)
 {
+    if (j->kind == JOB_ALERTS) {
+        fb_err err = fb_alerts_round(a->hooks.alerts, &j->body);
+        j->status = err == FB_OK && j->body ? 200 : 503;
+        j->len = j->body ? strlen(j->body) : 0;
+        return;
+    }
     if (j->kind != JOB_PAGE) {
         int set = j->kind == JOB_TRIP;
         fb_err err = fb_store_trip_apply(a->store, j->scope, set,
@@ -255,7 +262,9 @@ static void job_free(job *j)
 static void answer(job *j)
 {
     static const char html[] = "text/html; charset=utf-8";
-    if (j->status == 200)
+    if (j->status == 200 && j->kind == JOB_ALERTS)
+        fb_req_reply(j->req, 200, NULL, "application/json", j->body, j->len);
+    else if (j->status == 200)
         fb_req_reply(j->req, 200,
                      "cache-control: no-store\r\nx-frame-options: DENY\r\n",
                      html, j->body, j->len);
@@ -393,6 +402,14 @@ static void handle(void *ud, fb_req *req)
     if ((path_is(h, pathlen, "/dashboard") || path_is(h, pathlen, "/")) &&
         get) {
         submit(a, req, JOB_PAGE, NULL);
+        return;
+    }
+    if (path_is(h, pathlen, "/alerts/run") && post) {
+        if (a->hooks.alerts == NULL)
+            fb_req_error(req, 409, "alerts_off", "alerts are off (alerts.enabled)",
+                         NULL);
+        else
+            submit(a, req, JOB_ALERTS, NULL);
         return;
     }
     int trip = path_is(h, pathlen, "/dashboard/trip");

@@ -28,6 +28,9 @@ typedef struct fb_admin_hooks {
      * frees it) and its length. */
     fb_dash_budget *(*budgets)(void *ud, size_t *n);
     int (*store_ok)(void *ud);
+    /* POST /alerts/run: one round of the alert rules now (alerts.h), on
+     * the report thread; NULL when alerts are off. */
+    struct fb_alerts *alerts;
 } fb_admin_hooks;
 
 /* Listen on c's admin host:port (port 0: any; *bound_port gets it) with

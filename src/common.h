@@ -46,7 +46,12 @@ char *fb_strndup(const char *s, size_t len);
 int fb_strcaseeq(const char *a, size_t alen, const char *b, size_t blen);
 
 /* Clocks. Wall time (ms since the epoch, UTC) decides budget periods and
- * ledger timestamps; monotonic time (ns) measures durations. */
+ * ledger timestamps; monotonic time (ns) measures durations.
+ *
+ * Tests set FUSEBOX_CLOCK_FILE to a file holding the wall time in ms:
+ * while it holds a number, fb_wall_ms returns it (read at every call), so
+ * a test moves the daemon's calendar (periods, alerts, expiry) at will.
+ * Unset (always, in production), it costs one branch. */
 int64_t fb_wall_ms(void);
 int64_t fb_mono_ns(void);
 

@@ -1205,6 +1205,255 @@ static fb_err replay_section(ctx *x, yaml_node_t *n, fb_config *c)
     return FB_OK;
 }
 
+/* ---- alerts ---- */
+
+/* spend_rate: {factor, min_usd} | breaker: {window_minutes, factor,
+ * min_usd} | rerun: {runs_per_day, forwards_per_fingerprint}; "off" turns
+ * the rule off. Fields not given keep r's values. */
+static fb_err rule_part(ctx *x, yaml_node_t *n, const char *where, int which,
+                        fb_alert_rule *r)
+{
+    enum { A, B, C, NF };
+    static const char *const names[3][3] = {
+        {"factor", "min_usd", NULL},
+        {"runs_per_day", "forwards_per_fingerprint", NULL},
+        {"window_minutes", "factor", "min_usd"}};
+    field f[NF] = {{.name = names[which][0]}, {.name = names[which][1]},
+                   {.name = names[which][2] ? names[which][2] : "-"}};
+    char fw[128];
+    int64_t v;
+    fb_err rc;
+    if (n->type == YAML_SCALAR_NODE && n->data.scalar.length == 3 &&
+        memcmp(n->data.scalar.value, "off", 3) == 0) {
+        if (which == 0)
+            r->rate_factor = 0;
+        else if (which == 1)
+            r->runs_per_day = r->forwards_per_fp = 0;
+        else
+            r->breaker_minutes = 0;
+        return FB_OK;
+    }
+    if ((rc = take_fields(x, n, where, f, which == 2 ? 3 : 2)) != FB_OK)
+        return rc;
+    for (int i = 0; i < (which == 2 ? 3 : 2); i++) {
+        if (f[i].val == NULL)
+            continue;
+        snprintf(fw, sizeof fw, "%s.%s", where, f[i].name);
+        if (which == 1) {
+            if ((rc = int_value(x, f[i].val, fw, 0, 1000000, &v)) != FB_OK)
+                return rc;
+            *(i == 0 ? &r->runs_per_day : &r->forwards_per_fp) = (int)v;
+        } else if (which == 2 && i == 0) {
+            if ((rc = int_value(x, f[i].val, fw, 1, 1440, &v)) != FB_OK)
+                return rc;
+            r->breaker_minutes = (int)v;
+        } else {
+            int factor = which == 0 ? i == 0 : i == 1;
+            fb_money *out = which == 0 ? (i == 0 ? &r->rate_factor : &r->rate_min)
+                                       : (i == 1 ? &r->breaker_factor
+                                                 : &r->breaker_min);
+            if ((rc = money_value(x, f[i].val, fw, out)) != FB_OK)
+                return rc;
+            if (factor && *out < FB_PICO_PER_USD)
+                return fail(x, f[i].val, fw, "a factor is at least 1");
+        }
+    }
+    if (which == 2 && r->breaker_minutes > 0 && r->breaker_factor == 0)
+        return fail(x, n, where, "a breaker needs a factor");
+    return FB_OK;
+}
+
+static fb_err rule_value(ctx *x, yaml_node_t *n, const char *where,
+                         fb_alert_rule *r)
+{
+    enum { RATE, RERUN, BREAKER, NF };
+    field f[NF] = {[RATE] = {.name = "spend_rate"},
+                   [RERUN] = {.name = "rerun"},
+                   [BREAKER] = {.name = "breaker"}};
+    char fw[224];
+    fb_err rc;
+    if ((rc = take_fields(x, n, where, f, NF)) != FB_OK)
+        return rc;
+    for (int i = 0; i < NF; i++) {
+        if (f[i].val == NULL)
+            continue;
+        snprintf(fw, sizeof fw, "%s.%s", where, f[i].name);
+        if ((rc = rule_part(x, f[i].val, fw, i, r)) != FB_OK)
+            return rc;
+    }
+    return FB_OK;
+}
+
+static fb_err alerts_section(ctx *x, yaml_node_t *n, fb_config *c)
+{
+    enum {
+        ENABLED, EVERY, PERCENT, RATE, RERUN, BREAKER, JOBS, HOOKS, CMD,
+        ATTEMPTS, NF
+    };
+    field f[NF] = {
+        [ENABLED] = {.name = "enabled"},
+        [EVERY] = {.name = "every_seconds"},
+        [PERCENT] = {.name = "budget_percent"},
+        [RATE] = {.name = "spend_rate"},
+        [RERUN] = {.name = "rerun"},
+        [BREAKER] = {.name = "breaker"},
+        [JOBS] = {.name = "jobs"},
+        [HOOKS] = {.name = "webhooks"},
+        [CMD] = {.name = "command"},
+        [ATTEMPTS] = {.name = "max_attempts"},
+    };
+    static const char *const bools[] = {"false", "true"};
+    static const char *const formats[] = {"json", "slack"};
+    char where[160], buf[80];
+    int64_t v;
+    size_t k;
+    fb_err rc;
+    if (is_null(n))
+        return FB_OK;
+    if ((rc = take_fields(x, n, "alerts", f, NF)) != FB_OK)
+        return rc;
+    if (f[ENABLED].val) {
+        if ((rc = choice(x, f[ENABLED].val, "alerts.enabled", bools, 2,
+                         "true|false", &k)) != FB_OK)
+            return rc;
+        c->alerts_enabled = (int)k;
+    }
+    if (f[EVERY].val) {
+        if ((rc = int_value(x, f[EVERY].val, "alerts.every_seconds", 1, 86400,
+                            &v)) != FB_OK)
+            return rc;
+        c->alert_every_ms = (int)v * 1000;
+    }
+    if (f[ATTEMPTS].val) {
+        if ((rc = int_value(x, f[ATTEMPTS].val, "alerts.max_attempts", 1, 20,
+                            &v)) != FB_OK)
+            return rc;
+        c->alert_max_attempts = (int)v;
+    }
+    if (f[PERCENT].val) {
+        yaml_node_t *s = f[PERCENT].val;
+        if (s->type != YAML_SEQUENCE_NODE)
+            return fail(x, s, "alerts.budget_percent",
+                        "expected a sequence like [50, 80, 100]");
+        c->nalert_percents = 0;
+        for (yaml_node_item_t *it = s->data.sequence.items.start;
+             it < s->data.sequence.items.top; it++) {
+            yaml_node_t *item;
+            if (c->nalert_percents == FB_ARRAY_LEN(c->alert_percents))
+                return fail(x, s, "alerts.budget_percent", "at most 8 values");
+            snprintf(where, sizeof where, "alerts.budget_percent[%zu]",
+                     c->nalert_percents);
+            if ((rc = node_at(x, *it, s, where, &item)) != FB_OK ||
+                (rc = int_value(x, item, where, 1, 1000, &v)) != FB_OK)
+                return rc;
+            c->alert_percents[c->nalert_percents++] = (int)v;
+        }
+    }
+    const char *parts[] = {"alerts.spend_rate", "alerts.rerun",
+                           "alerts.breaker"};
+    for (int i = RATE; i <= BREAKER; i++)
+        if (f[i].val &&
+            (rc = rule_part(x, f[i].val, parts[i - RATE], i - RATE,
+                            &c->alert_rule)) != FB_OK)
+            return rc;
+    if (f[JOBS].val) {
+        entry *e = NULL;
+        size_t ne = 0;
+        if ((rc = take_entries(x, f[JOBS].val, "alerts.jobs", &e, &ne)) !=
+            FB_OK)
+            return rc;
+        c->alert_overrides = calloc(ne ? ne : 1, sizeof *c->alert_overrides);
+        if (c->alert_overrides == NULL) {
+            free(e);
+            return nomem(x);
+        }
+        for (size_t i = 0; i < ne && rc == FB_OK; i++) {
+            fb_alert_override *o = &c->alert_overrides[i];
+            const char *slash = memchr(e[i].name, '/', e[i].len);
+            size_t tl = slash ? (size_t)(slash - e[i].name) : e[i].len;
+            c->nalert_overrides++;
+            if (!name_ok(e[i].name, tl, NAME_MAX_LEN) ||
+                (slash && !name_ok(slash + 1, e[i].len - tl - 1,
+                                   NAME_MAX_LEN))) {
+                rc = fail(x, e[i].key, "alerts.jobs",
+                          "'%s' is not TENANT or TENANT/JOB",
+                          show(e[i].key, buf, sizeof buf));
+                break;
+            }
+            o->tenant = fb_strndup(e[i].name, tl);
+            o->job = slash ? fb_strndup(slash + 1, e[i].len - tl - 1) : NULL;
+            if (o->tenant == NULL || (slash && o->job == NULL)) {
+                rc = nomem(x);
+                break;
+            }
+            o->rule = c->alert_rule;
+            snprintf(where, sizeof where, "alerts.jobs.%.*s", (int)e[i].len,
+                     e[i].name);
+            rc = rule_value(x, e[i].val, where, &o->rule);
+        }
+        free(e);
+        if (rc != FB_OK)
+            return rc;
+    }
+    if (f[HOOKS].val) {
+        yaml_node_t *s = f[HOOKS].val;
+        if (s->type != YAML_SEQUENCE_NODE)
+            return fail(x, s, "alerts.webhooks", "expected a sequence");
+        size_t cap = (size_t)(s->data.sequence.items.top -
+                              s->data.sequence.items.start);
+        c->alert_webhooks = calloc(cap ? cap : 1, sizeof *c->alert_webhooks);
+        if (c->alert_webhooks == NULL)
+            return nomem(x);
+        for (yaml_node_item_t *it = s->data.sequence.items.start;
+             it < s->data.sequence.items.top; it++) {
+            enum { URL, FORMAT, NW };
+            field w[NW] = {[URL] = {.name = "url"},
+                           [FORMAT] = {.name = "format"}};
+            yaml_node_t *item;
+            fb_alert_webhook *h = &c->alert_webhooks[c->nalert_webhooks];
+            snprintf(where, sizeof where, "alerts.webhooks[%zu]",
+                     c->nalert_webhooks);
+            if ((rc = node_at(x, *it, s, where, &item)) != FB_OK ||
+                (rc = take_fields(x, item, where, w, NW)) != FB_OK)
+                return rc;
+            if (w[URL].val == NULL)
+                return fail(x, item, where, "a webhook needs a url");
+            c->nalert_webhooks++;
+            snprintf(where + strlen(where), sizeof where - strlen(where),
+                     ".url");
+            if ((rc = base_url_value(x, w[URL].val, where, &h->url)) != FB_OK)
+                return rc;
+            if (w[FORMAT].val) {
+                if ((rc = choice(x, w[FORMAT].val, "format", formats, 2,
+                                 "json|slack", &k)) != FB_OK)
+                    return rc;
+                h->slack = (int)k;
+            }
+        }
+    }
+    if (f[CMD].val &&
+        (rc = string_seq(x, f[CMD].val, "alerts.command", str_value,
+                         &c->alert_command, &c->nalert_command)) != FB_OK)
+        return rc;
+    return FB_OK;
+}
+
+const fb_alert_rule *fb_config_alert_rule(const fb_config *c,
+                                          const char *tenant, const char *job)
+{
+    const fb_alert_rule *t = NULL;
+    for (size_t i = 0; i < c->nalert_overrides; i++) {
+        const fb_alert_override *o = &c->alert_overrides[i];
+        if (strcmp(o->tenant, tenant) != 0)
+            continue;
+        if (o->job == NULL)
+            t = &o->rule;
+        else if (job[0] != '\0' && strcmp(o->job, job) == 0)
+            return &o->rule;
+    }
+    return t ? t : &c->alert_rule;
+}
+
 static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
 {
     enum {
@@ -1219,6 +1468,7 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         LOG_LEVEL,
         REPLAY,
         ADMIN,
+        ALERTS,
         NF
     };
     field f[NF] = {
@@ -1233,6 +1483,7 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         [LOG_LEVEL] = {.name = "log_level"},
         [REPLAY] = {.name = "replay"},
         [ADMIN] = {.name = "admin"},
+        [ALERTS] = {.name = "alerts"},
     };
     static const char *const durabilities[] = {"process", "full"};
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -1294,6 +1545,9 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
     if (f[ADMIN].val != NULL &&
         (rc = admin_section(x, f[ADMIN].val, c)) != FB_OK)
         return rc;
+    if (f[ALERTS].val != NULL &&
+        (rc = alerts_section(x, f[ALERTS].val, c)) != FB_OK)
+        return rc;
     return FB_OK;
 }
 
@@ -1345,6 +1599,17 @@ static fb_config *config_new(const char *file, const char *base_dir)
     c->log_level = fb_strndup("info", 4);
     c->admin_host = fb_strndup("127.0.0.1", 9);
     c->admin_port = 8788;
+    c->alerts_enabled = 1;
+    c->alert_every_ms = 60000;
+    c->alert_percents[0] = 50;
+    c->alert_percents[1] = 80;
+    c->alert_percents[2] = 100;
+    c->nalert_percents = 3;
+    c->alert_rule.rate_factor = 3 * FB_PICO_PER_USD;
+    c->alert_rule.rate_min = 5 * FB_PICO_PER_USD;
+    c->alert_rule.runs_per_day = 5;
+    c->alert_rule.forwards_per_fp = 3;
+    c->alert_max_attempts = 5;
     c->admin_token_env = fb_strndup("FUSEBOX_ADMIN_TOKEN", 19);
     if (c->path == NULL || c->listen_host == NULL || c->data_dir == NULL ||
         c->log_level == NULL || c->admin_host == NULL ||
@@ -1523,6 +1788,17 @@ void fb_config_free(fb_config *c)
     free(c->listen_host);
     free(c->admin_host);
     free(c->admin_token_env);
+    for (size_t i = 0; i < c->nalert_overrides; i++) {
+        free(c->alert_overrides[i].tenant);
+        free(c->alert_overrides[i].job);
+    }
+    free(c->alert_overrides);
+    for (size_t i = 0; i < c->nalert_webhooks; i++)
+        free(c->alert_webhooks[i].url);
+    free(c->alert_webhooks);
+    for (size_t i = 0; i < c->nalert_command; i++)
+        free(c->alert_command[i]);
+    free(c->alert_command);
     free(c->data_dir);
     for (size_t i = 0; i < c->nreplay_ignore; i++)
         free(c->replay_ignore[i]);

@@ -70,6 +70,29 @@ typedef enum fb_durability {
     FB_DURABILITY_FULL,        /* survives power loss: fsync per commit */
 } fb_durability;
 
+/* Alert rules for a scope (alerts.h); a zero turns a rule off. Factors
+ * are fixed point like money: 3x is 3 * FB_PICO_PER_USD. */
+typedef struct fb_alert_rule {
+    fb_money rate_factor; /* the last hour against the same hours before */
+    fb_money rate_min;    /* and at least this much spent in it */
+    int runs_per_day;     /* fusebox run starts of one job a UTC day */
+    int forwards_per_fp;  /* one request bought more times a UTC day */
+    int breaker_minutes;  /* the breaker's window; 0: no breaker */
+    fb_money breaker_factor;
+    fb_money breaker_min;
+} fb_alert_rule;
+
+typedef struct fb_alert_override {
+    char *tenant;
+    char *job; /* NULL: every job of the tenant */
+    fb_alert_rule rule;
+} fb_alert_override;
+
+typedef struct fb_alert_webhook {
+    char *url;
+    int slack; /* 1: Slack's {"text": ...}; 0: fusebox's JSON */
+} fb_alert_webhook;
+
 typedef struct fb_config {
     char *path;        /* the file it was read from */
     char *listen_host; /* "127.0.0.1" */
@@ -111,7 +134,26 @@ typedef struct fb_config {
     int admin_port;             /* 8788 */
     char *admin_token_env;      /* "FUSEBOX_ADMIN_TOKEN": the token's env var;
                                    unset or empty: no admin listener */
+    /* "alerts:" section (alerts.h), with defaults */
+    int alerts_enabled;         /* 1 */
+    int alert_every_ms;         /* 60000 */
+    int alert_percents[8];      /* budget thresholds: 50, 80, 100 */
+    size_t nalert_percents;
+    fb_alert_rule alert_rule;   /* for every scope without an override */
+    fb_alert_override *alert_overrides;
+    size_t nalert_overrides;
+    fb_alert_webhook *alert_webhooks;
+    size_t nalert_webhooks;
+    char **alert_command;       /* argv; the alert as JSON on stdin */
+    size_t nalert_command;
+    int alert_max_attempts;     /* 5: per alert and destination */
 } fb_config;
+
+/* The alert rule for a tenant's job (job "" for the tenant itself): the
+ * job's override, else the tenant's, else the defaults. */
+const fb_alert_rule *fb_config_alert_rule(const fb_config *c,
+                                          const char *tenant,
+                                          const char *job);
 
 /* Read and validate a config file. On error returns FB_EIO/FB_EINVAL and
  * writes "file:line: reason" to errbuf; *out stays NULL. The caller frees

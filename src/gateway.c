@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "alerts.h"
 #include "budget.h"
 #include "journal.h"
 #include "json.h"
@@ -78,6 +79,7 @@ typedef struct gateway {
     fb_replay *replay;     /* flights, occurrences, retry budgets, trips */
     fb_metrics *metrics;
     fb_admin *admin;       /* NULL: no admin token, or admin.listen off */
+    fb_alerts *alerts;     /* NULL: alerts.enabled false */
     const uint64_t *epoch; /* purge epoch (store.h), mapped; may be NULL */
     uint64_t epoch_seen;
     fb_retry_limits retry;
@@ -1579,9 +1581,10 @@ static int start_admin(gateway *g, const fb_server_opts *so)
                c->admin_token_env);
         return 0;
     }
-    static const fb_admin_hooks hooks = {.metrics = metrics_text,
-                                         .budgets = dash_budgets,
-                                         .store_ok = dash_store_ok};
+    fb_admin_hooks hooks = {.metrics = metrics_text,
+                            .budgets = dash_budgets,
+                            .store_ok = dash_store_ok,
+                            .alerts = g->alerts};
     g->admin = fb_admin_start(g->base, c, so, token, &hooks, g, &port);
     if (g->admin == NULL)
         return -1;
@@ -1802,6 +1805,8 @@ int fb_gateway_serve(const fb_config *c)
         goto out;
     evsignal_add(g.sig_term, NULL);
     evsignal_add(g.sig_int, NULL);
+    if (c->alerts_enabled && (g.alerts = fb_alerts_start(c)) == NULL)
+        goto out;
     if (start_admin(&g, &so) != 0)
         goto out;
 
@@ -1818,6 +1823,7 @@ out:
      * callbacks still to come only settle. */
     g.stopped = 1;
     fb_admin_free(g.admin);
+    fb_alerts_stop(g.alerts);
     fb_server_free(g.srv);
     fb_upstream_free(g.up);
     fb_ledger_stop(g.ledger);

@@ -305,6 +305,41 @@ fb_err fb_store_reruns(fb_store *s, int64_t since_ms,
                                  const char *last_outcome),
                        void *arg);
 
+/* ---- alerts (alerts.h) ---- */
+typedef struct fb_alert_rec {
+    const char *dedup; /* the key that makes it once: "budget:job:a/b:..." */
+    int64_t ts_ms;
+    const char *kind, *scope, *message;
+    const char *body; /* the JSON delivered */
+} fb_alert_rec;
+
+/* Record an alert and an outbox row for each destination, once: FB_EEXIST
+ * (nothing written) when its dedup key was raised before. */
+fb_err fb_store_alert_add(fb_store *s, const fb_alert_rec *a,
+                          const char *const *dests, size_t ndests);
+
+typedef struct fb_outbox_row {
+    int64_t id;
+    const char *dedup, *dest, *kind, *scope, *message, *body;
+    int attempts;
+} fb_outbox_row;
+
+/* Pending deliveries due at now_ms, oldest first, at most limit. */
+fb_err fb_store_outbox_due(fb_store *s, int64_t now_ms, int limit,
+                           int (*fn)(void *arg, const fb_outbox_row *r),
+                           void *arg);
+/* state: 0 pending (retry at next_ms), 1 sent, 2 given up. */
+fb_err fb_store_outbox_update(fb_store *s, int64_t id, int state,
+                              int attempts, int64_t next_ms,
+                              const char *error);
+/* Requests (fingerprints) bought at least min_count times since since_ms,
+ * per tenant and job. */
+fb_err fb_store_fp_storms(fb_store *s, int64_t since_ms, int min_count,
+                          int (*fn)(void *arg, const char *tenant,
+                                    const char *job, const uint8_t fp[32],
+                                    int64_t count),
+                          void *arg);
+
 /* ---- fusebox ledger verify ---- */
 typedef enum fb_verify_level {
     FB_VERIFY_INFO = 0, /* a count, for the report */

@@ -201,6 +201,19 @@ static const char schema_v4[] =
     "CREATE INDEX IF NOT EXISTS spend_rollup_scope ON spend_rollup(tenant,"
     " job, hour_ms);"
     "CREATE INDEX IF NOT EXISTS ledger_blocked ON ledger(id) WHERE state=2;"
+    /* alerts (alerts.h): each raised once (its dedup key), and an outbox
+     * row per destination that survives a restart */
+    "CREATE TABLE IF NOT EXISTS alerts("
+    " dedup TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL, kind TEXT NOT NULL,"
+    " scope TEXT NOT NULL, message TEXT NOT NULL, body TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts(ts_ms);"
+    "CREATE TABLE IF NOT EXISTS alert_outbox("
+    " id INTEGER PRIMARY KEY, dedup TEXT NOT NULL, dest TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0, next_ms INTEGER NOT NULL,"
+    " state INTEGER NOT NULL DEFAULT 0, last_error TEXT,"
+    " UNIQUE(dedup, dest));"
+    "CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox(next_ms)"
+    " WHERE state=0;"
     "PRAGMA user_version=4;";
 
 #define SCHEMA_VERSION 4
@@ -1613,6 +1626,146 @@ fb_err fb_store_reruns(fb_store *s, int64_t since_ms,
                sqlite3_column_int64(st, 1),
                (const char *)sqlite3_column_text(st, 2)) != 0)
             break;
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* ---- alerts ---- */
+
+fb_err fb_store_alert_add(fb_store *s, const fb_alert_rec *a,
+                          const char *const *dests, size_t ndests)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    if (fb_store_begin(s) != FB_OK)
+        return FB_EIO;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO alerts(dedup,ts_ms,kind,scope,message,"
+                           "body) VALUES(?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, a->dedup, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, a->ts_ms);
+    sqlite3_bind_text(st, 3, a->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, a->scope, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, a->message, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, a->body, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto out;
+    if (sqlite3_changes(s->db) == 0) {
+        err = FB_EEXIST; /* raised before */
+        goto out;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO alert_outbox(dedup,dest,next_ms) "
+                           "VALUES(?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    for (size_t i = 0; i < ndests; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, a->dedup, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, dests[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, a->ts_ms);
+        if (sqlite3_step(st) != SQLITE_DONE)
+            goto out;
+    }
+    err = FB_OK;
+out:
+    sqlite3_finalize(st);
+    if (err == FB_OK)
+        err = fb_store_commit(s);
+    if (err != FB_OK)
+        fb_store_rollback(s);
+    return err == FB_OK || err == FB_EEXIST ? err : FB_EIO;
+}
+
+fb_err fb_store_outbox_due(fb_store *s, int64_t now_ms, int limit,
+                           int (*fn)(void *arg, const fb_outbox_row *r),
+                           void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int rc;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT o.id, o.dedup, o.dest, o.attempts, a.kind,"
+                           " a.scope, a.message, a.body FROM alert_outbox o"
+                           " JOIN alerts a ON a.dedup=o.dedup WHERE"
+                           " o.state=0 AND o.next_ms<=? ORDER BY o.next_ms,"
+                           " o.id LIMIT ?",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, now_ms);
+    sqlite3_bind_int(st, 2, limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        fb_outbox_row r = {.id = sqlite3_column_int64(st, 0),
+                           .dedup = (const char *)sqlite3_column_text(st, 1),
+                           .dest = (const char *)sqlite3_column_text(st, 2),
+                           .attempts = sqlite3_column_int(st, 3),
+                           .kind = (const char *)sqlite3_column_text(st, 4),
+                           .scope = (const char *)sqlite3_column_text(st, 5),
+                           .message = (const char *)sqlite3_column_text(st, 6),
+                           .body = (const char *)sqlite3_column_text(st, 7)};
+        if (fn(arg, &r) != 0)
+            break;
+    }
+    err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
+out:
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_outbox_update(fb_store *s, int64_t id, int state,
+                              int attempts, int64_t next_ms,
+                              const char *error)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE alert_outbox SET state=?, attempts=?,"
+                           " next_ms=?, last_error=? WHERE id=?",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int(st, 1, state);
+        sqlite3_bind_int(st, 2, attempts);
+        sqlite3_bind_int64(st, 3, next_ms);
+        if (error)
+            sqlite3_bind_text(st, 4, error, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, id);
+        err = sqlite3_step(st) == SQLITE_DONE ? FB_OK : FB_EIO;
+    }
+    sqlite3_finalize(st);
+    return err;
+}
+
+fb_err fb_store_fp_storms(fb_store *s, int64_t since_ms, int min_count,
+                          int (*fn)(void *arg, const char *tenant,
+                                    const char *job, const uint8_t fp[32],
+                                    int64_t count),
+                          void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    fb_err err = FB_EIO;
+    int rc;
+    /* Bought (forwarded, in flight or settled), not replayed or blocked. */
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT tenant, job, fp, COUNT(*) FROM ledger"
+                           " WHERE ts_ms>=? AND state IN (0,1) AND fp IS NOT"
+                           " NULL GROUP BY 1,2,3 HAVING COUNT(*)>=?",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, since_ms);
+    sqlite3_bind_int(st, 2, min_count);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_bytes(st, 2) != 32)
+            continue;
+        if (fn(arg, (const char *)sqlite3_column_text(st, 0),
+               (const char *)sqlite3_column_text(st, 1),
+               sqlite3_column_blob(st, 2), sqlite3_column_int64(st, 3)) != 0)
+            break;
+    }
     err = rc == SQLITE_ROW || rc == SQLITE_DONE ? FB_OK : sqlite_err(rc);
 out:
     sqlite3_finalize(st);

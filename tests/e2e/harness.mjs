@@ -9,7 +9,7 @@
 
 import { spawn, execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, renameSync, rmSync, existsSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -370,6 +370,7 @@ function configYaml(o) {
   }
   if (o.admin) lines.push('admin:', `  listen: ${yq('127.0.0.1:0')}`);
   else lines.push('admin:', '  listen: off');
+  if (o.extraYaml) lines.push(o.extraYaml.trimEnd());
   return lines.join('\n') + '\n';
 }
 
@@ -389,6 +390,8 @@ function configYaml(o) {
  *   modelPrices model_prices overrides (gateway only)
  *   logLevel
  *   gwEnv       extra environment for the gateway (LD_PRELOAD, ...)
+ *   extraYaml   raw YAML appended to the config (alerts: ...)
+ *   clock       a test clock's start (ms): env.setClock(ms) moves it
  *   admin       true: the admin surface on a free loopback port
  *               (env.adminUrl), with a random token (env.adminToken)
  *   t           a node:test context: cleanup is registered with t.after
@@ -421,6 +424,22 @@ class Env {
     // The admin surface's token (opts.admin): random per run, so that a
     // test can also look for it where it must not be (logs, data_dir).
     this.adminToken = opts.admin ? `adm-${randomBytes(12).toString('hex')}` : null;
+    // A test clock (opts.clock, ms): the gateway and the CLI read the wall
+    // time from this file (FUSEBOX_CLOCK_FILE); env.setClock moves it.
+    this.clockFile = null;
+    this.cliEnv = {};
+    if (opts.clock !== undefined) {
+      this.clockFile = join(this.dir, 'clock');
+      this.setClock(opts.clock);
+      this.cliEnv = { FUSEBOX_CLOCK_FILE: this.clockFile };
+    }
+  }
+
+  /** Set the test clock (opts.clock) to ms since the epoch. */
+  setClock(ms) {
+    this.clockNow = ms;
+    writeFileSync(`${this.clockFile}.tmp`, String(ms));
+    renameSync(`${this.clockFile}.tmp`, this.clockFile); // never half-written
   }
 
   async start() {
@@ -462,6 +481,7 @@ class Env {
       budgets: o.budgets || { tenants: { acme: { jobs: { main: null } } } },
       limits: o.limits,
       admin: !!o.admin,
+      extraYaml: o.extraYaml,
     });
     writeFileSync(this.configPath, this.yaml);
     await this.startGateway();
@@ -477,6 +497,7 @@ class Env {
       env: {
         ...PROVIDER_KEYS,
         ...(this.adminToken ? { FUSEBOX_ADMIN_TOKEN: this.adminToken } : {}),
+        ...this.cliEnv,
         ...(this.opts.gwEnv || {}),
       },
       cwd: this.dir,
@@ -523,7 +544,7 @@ class Env {
     if (job) args.push('--job', job);
     if (budget !== undefined) args.push('--budget', String(budget));
     if (attempt !== undefined) args.push('--attempt', String(attempt));
-    const r = await run(args);
+    const r = await run(args, { env: this.cliEnv });
     assert.equal(r.code, 0, `key create failed: ${r.stderr}`);
     this.checkText('fusebox key create', r.stderr);
     const lines = r.stdout.trim().split('\n');
@@ -536,21 +557,21 @@ class Env {
   }
 
   async revokeKey(id) {
-    const r = await run(['key', 'revoke', '--config', this.configPath, id]);
+    const r = await run(['key', 'revoke', '--config', this.configPath, id], { env: this.cliEnv });
     assert.equal(r.code, 0, `key revoke failed: ${r.stderr}`);
     this.checkText('fusebox key revoke', r.stderr);
     return r;
   }
 
   async keyList() {
-    const r = await run(['key', 'list', '--config', this.configPath, '--json']);
+    const r = await run(['key', 'list', '--config', this.configPath, '--json'], { env: this.cliEnv });
     assert.equal(r.code, 0, `key list failed: ${r.stderr}`);
     return JSON.parse(r.stdout).keys;
   }
 
   /** fusebox spend --json [args]; the parsed object. */
   async spend(args = []) {
-    const r = await run(['spend', '--config', this.configPath, '--json', ...args]);
+    const r = await run(['spend', '--config', this.configPath, '--json', ...args], { env: this.cliEnv });
     assert.equal(r.code, 0, `spend failed: ${r.stderr}`);
     this.checkText('fusebox spend', r.stderr);
     return JSON.parse(r.stdout);
@@ -785,7 +806,8 @@ export function seedLedgerSql({ count, now, days = 3, seed = 7, idBase = 1000000
 /** `fusebox ARGS --config <env's config>` to its end: {code, stdout,
  *  stderr}; fails the test if it printed a sanitizer report. */
 export async function cliRun(env, args, opts = {}) {
-  const r = await run([...args, '--config', env.configPath], opts);
+  const r = await run([...args, '--config', env.configPath],
+    { ...opts, env: { ...env.cliEnv, ...(opts.env || {}) } });
   env.checkText(`fusebox ${args.join(' ')}`, r.stderr);
   return r;
 }
