@@ -775,6 +775,65 @@ static void test_budget_spec(void **state)
     assert_string_equal(buf, "none");
 }
 
+/* admin: and alerts: (issue 7): defaults, values, and the rule a scope
+ * gets (its job's override, else its tenant's, else the defaults). */
+static void test_admin_and_alerts(void **state)
+{
+    (void)state;
+    fb_config *c = parse_ok("listen: 127.0.0.1:8787\n", "/b");
+    assert_string_equal(c->admin_host, "127.0.0.1");
+    assert_int_equal(c->admin_port, 8788);
+    assert_string_equal(c->admin_token_env, "FUSEBOX_ADMIN_TOKEN");
+    assert_int_equal(c->alerts_enabled, 1);
+    assert_int_equal(c->alert_every_ms, 60000);
+    assert_int_equal(c->nalert_percents, 3);
+    assert_int_equal(c->alert_percents[2], 100);
+    assert_true(c->alert_rule.rate_factor == 3 * FB_PICO_PER_USD);
+    assert_int_equal(c->alert_rule.breaker_minutes, 0);
+    assert_int_equal(c->alert_max_attempts, 5);
+    fb_config_free(c);
+
+    c = parse_ok("admin: {listen: off}\n"
+                 "alerts:\n"
+                 "  every_seconds: 5\n"
+                 "  budget_percent: [90]\n"
+                 "  spend_rate: {factor: 2.5}\n"
+                 "  breaker: {window_minutes: 10, factor: 4, min_usd: 1}\n"
+                 "  jobs:\n"
+                 "    acme: {rerun: off}\n"
+                 "    acme/nightly: {spend_rate: {min_usd: 0.5}, breaker: off}\n"
+                 "  webhooks: [{url: \"http://h/x/\", format: slack}]\n"
+                 "  command: [a, b]\n",
+                 "/b");
+    assert_null(c->admin_host);
+    assert_int_equal(c->alert_every_ms, 5000);
+    assert_int_equal(c->nalert_percents, 1);
+    assert_true(c->alert_rule.rate_factor == 25 * FB_PICO_PER_USD / 10);
+    assert_true(c->alert_rule.rate_min == 5 * FB_PICO_PER_USD);
+    assert_int_equal(c->nalert_webhooks, 1);
+    assert_string_equal(c->alert_webhooks[0].url, "http://h/x");
+    assert_int_equal(c->alert_webhooks[0].slack, 1);
+    assert_int_equal(c->nalert_command, 2);
+    const fb_alert_rule *r = fb_config_alert_rule(c, "acme", "nightly");
+    assert_true(r->rate_min == FB_PICO_PER_USD / 2);
+    assert_int_equal(r->breaker_minutes, 0);
+    assert_int_equal(r->runs_per_day, 5); /* from the defaults, not acme's */
+    r = fb_config_alert_rule(c, "acme", "other");
+    assert_int_equal(r->runs_per_day, 0);
+    assert_int_equal(r->breaker_minutes, 10);
+    r = fb_config_alert_rule(c, "beta", "x");
+    assert_true(r == &c->alert_rule);
+    fb_config_free(c);
+
+    parse_err("alerts: {spend_rate: {factor: 0.5}}\n", "at least 1");
+    parse_err("alerts: {every_seconds: 0}\n", "every_seconds");
+    parse_err("alerts: {jobs: {\"a/b/c\": {}}}\n", "TENANT or TENANT/JOB");
+    parse_err("alerts: {webhooks: [{format: slack}]}\n", "needs a url");
+    parse_err("alerts: {nope: 1}\n", "nope");
+    parse_err("admin: {listen: \"nohost\"}\n", "admin.listen");
+    parse_err("admin: {token_env: \"1X\"}\n", "environment variable");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -795,6 +854,7 @@ int main(void)
         cmocka_unit_test(test_model_prices),
         cmocka_unit_test(test_late_errors),
         cmocka_unit_test(test_budget_spec),
+        cmocka_unit_test(test_admin_and_alerts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
