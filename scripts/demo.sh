@@ -33,6 +33,7 @@ budgets:
       budget: 50/day
       jobs:
         nightly-report: {budget: 0.005/day}
+alerts: {every_seconds: 1}
 YAML
 
 # The real provider key lives only in the gateway's environment.
@@ -77,3 +78,14 @@ calls=$(echo "$billing" | sed -n 's/.*"calls":\([0-9]*\).*/\1/p')
 usd=$(echo "$billing" | sed -n 's/.*"billed_usd":"\([^"]*\)".*/\1/p')
 echo "The provider billed $calls calls, \$$usd in all. The ledger (fusebox spend):"
 "$bin" spend --config "$dir/fusebox.yaml" | sed 's/^/  /'
+
+# The alert rules run every second here (every minute by default).
+n=0
+while [ $n -lt 50 ] && ! grep -q "alert: job:finance/nightly-report has spent 80%" "$dir/gw.out.err"; do
+    sleep 0.1
+    n=$((n + 1))
+done
+echo
+echo "Alerts raised while it ran, before any invoice (the log; webhooks and a"
+echo "command can get them too):"
+sed -n 's/.*warn alert: /  /p' "$dir/gw.out.err"

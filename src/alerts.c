@@ -49,7 +49,13 @@ typedef struct round {
 
 /* ---- raising ---- */
 
+static void raise_v(round *r, int quiet, const char *dedup, const char *kind,
+                    const char *scope, json_t *details, const char *fmt,
+                    va_list ap) __attribute__((format(printf, 7, 0)));
 static void raise_alert(round *r, const char *dedup, const char *kind,
+                        const char *scope, json_t *details, const char *fmt,
+                        ...) __attribute__((format(printf, 6, 7)));
+static void raise_quiet(round *r, const char *dedup, const char *kind,
                         const char *scope, json_t *details, const char *fmt,
                         ...) __attribute__((format(printf, 6, 7)));
 
@@ -57,12 +63,31 @@ static void raise_alert(round *r, const char *dedup, const char *kind,
                         const char *scope, json_t *details, const char *fmt,
                         ...)
 {
-    const fb_config *c = r->a->c;
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    raise_v(r, 0, dedup, kind, scope, details, fmt, ap);
     va_end(ap);
+}
+
+/* Recorded as raised, not sent: a lower threshold passed in the same
+ * round as a higher one (one page, not three). */
+static void raise_quiet(round *r, const char *dedup, const char *kind,
+                        const char *scope, json_t *details, const char *fmt,
+                        ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    raise_v(r, 1, dedup, kind, scope, details, fmt, ap);
+    va_end(ap);
+}
+
+static void raise_v(round *r, int quiet, const char *dedup, const char *kind,
+                    const char *scope, json_t *details, const char *fmt,
+                    va_list ap)
+{
+    const fb_config *c = r->a->c;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
     json_t *j = json_pack("{s:s,s:s,s:s,s:I,s:s,s:o}", "alert", kind, "scope",
                           scope, "message", msg, "ts_ms", (json_int_t)r->now,
                           "dedup", dedup, "details",
@@ -75,13 +100,13 @@ static void raise_alert(round *r, const char *dedup, const char *kind,
     }
     /* A destination is named by what it is, so that a restart with the
      * same config finds its pending rows. */
-    size_t n = c->nalert_webhooks + (c->nalert_command > 0);
+    size_t n = quiet ? 0 : c->nalert_webhooks + (c->nalert_command > 0);
     char **dests = calloc(n ? n : 1, sizeof *dests);
     size_t nd = 0;
-    for (size_t i = 0; dests && i < c->nalert_webhooks; i++)
+    for (size_t i = 0; dests && !quiet && i < c->nalert_webhooks; i++)
         if (asprintf(&dests[nd], "webhook:%s", c->alert_webhooks[i].url) >= 0)
             nd++;
-    if (dests && c->nalert_command > 0 &&
+    if (dests && !quiet && c->nalert_command > 0 &&
         (dests[nd] = strdup("command")) != NULL)
         nd++;
     fb_alert_rec rec = {.dedup = dedup,
@@ -93,10 +118,10 @@ static void raise_alert(round *r, const char *dedup, const char *kind,
     fb_err err = dests ? fb_store_alert_add(r->a->store, &rec,
                                             (const char *const *)dests, nd)
                        : FB_ENOMEM;
-    if (err == FB_OK) {
+    if (err == FB_OK && !quiet) {
         fb_log(FB_LOG_WARN, "alert: %s", msg);
         json_array_append_new(r->raised, json_string(dedup));
-    } else if (err != FB_EEXIST) {
+    } else if (err != FB_OK && err != FB_EEXIST) {
         r->err = err;
     }
     for (size_t i = 0; i < nd; i++)
@@ -145,19 +170,25 @@ static void budget_rule(round *r, const char *scope, const char *tenant,
         return;
     int64_t start = fb_period_start(spec->period, r->now);
     fb_money spent = spend(r, tenant, job, start, 0);
+    int top = 0; /* the highest threshold reached */
+    for (size_t i = 0; i < c->nalert_percents; i++)
+        if (c->alert_percents[i] > top &&
+            percent_reached(spent, c->alert_percents[i], spec->limit))
+            top = c->alert_percents[i];
+    fb_money_format(spent, s1, sizeof s1);
+    fb_money_format(spec->limit, s2, sizeof s2);
     for (size_t i = 0; i < c->nalert_percents; i++) {
         int p = c->alert_percents[i];
-        if (!percent_reached(spent, p, spec->limit))
+        if (p > top)
             continue;
         snprintf(dedup, sizeof dedup, "budget:%s:%lld:%d", scope,
                  (long long)start, p);
-        fb_money_format(spent, s1, sizeof s1);
-        fb_money_format(spec->limit, s2, sizeof s2);
-        raise_alert(r, dedup, "budget", scope,
-                    json_pack("{s:i,s:s,s:s}", "percent", p, "spent_usd", s1,
-                              "limit_usd", s2),
-                    "%s has spent %d%% of its budget %s: %s of %s USD", scope,
-                    p, per[spec->period], s1, s2);
+        (p == top ? raise_alert : raise_quiet)(
+            r, dedup, "budget", scope,
+            json_pack("{s:i,s:s,s:s}", "percent", p, "spent_usd", s1,
+                      "limit_usd", s2),
+            "%s has spent %d%% of its budget %s: %s of %s USD", scope, p,
+            per[spec->period], s1, s2);
     }
 }
 
