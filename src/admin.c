@@ -66,20 +66,7 @@ static const char *presented(const fb_http_req *h, size_t *len)
         return v + 7;
     }
     v = fb_http_header_get(h, "cookie", &vl);
-    static const char name[] = "fusebox_admin=";
-    const size_t nl = sizeof name - 1;
-    for (size_t i = 0; v != NULL && i + nl <= vl; i++) {
-        if ((i == 0 || v[i - 1] == ' ' || v[i - 1] == ';') &&
-            memcmp(v + i, name, nl) == 0) {
-            const char *t = v + i + nl;
-            size_t n = 0;
-            while (t + n < v + vl && t[n] != ';')
-                n++;
-            *len = n;
-            return t;
-        }
-    }
-    return NULL;
+    return v ? fb_http_cookie(v, vl, "fusebox_admin", len) : NULL;
 }
 
 /* Both sides hashed, then compared in constant time: neither the token's
@@ -112,55 +99,6 @@ static int same_origin(const fb_http_req *h)
         return 1; /* not a browser: the token decides */
     return host != NULL && ol == hl + 7 && memcmp(o, "http://", 7) == 0 &&
            memcmp(o + 7, host, hl) == 0;
-}
-
-/* ---- forms (application/x-www-form-urlencoded) ---- */
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* The decoded value of field name into out (NUL-terminated); 0 if absent,
- * malformed or too long. */
-static int form_get(const char *b, size_t len, const char *name, char *out,
-                    size_t cap)
-{
-    size_t nl = strlen(name), i = 0;
-    while (i < len) {
-        size_t end = i;
-        while (end < len && b[end] != '&')
-            end++;
-        if (end - i > nl && memcmp(b + i, name, nl) == 0 && b[i + nl] == '=') {
-            size_t o = 0;
-            for (size_t k = i + nl + 1; k < end; k++) {
-                int c = (unsigned char)b[k];
-                if (c == '+') {
-                    c = ' ';
-                } else if (c == '%') {
-                    int hi = k + 2 < end ? hexval(b[k + 1]) : -1;
-                    int lo = k + 2 < end ? hexval(b[k + 2]) : -1;
-                    if (hi < 0 || lo < 0)
-                        return 0;
-                    c = hi * 16 + lo;
-                    k += 2;
-                }
-                if (o + 1 >= cap || c == 0)
-                    return 0;
-                out[o++] = (char)c;
-            }
-            out[o] = '\0';
-            return 1;
-        }
-        i = end + 1;
-    }
-    return 0;
 }
 
 /* "global", "tenant:T", "job:T/J" or "key:ID", names of [A-Za-z0-9_.-]. */
@@ -356,7 +294,7 @@ static void handle(void *ud, fb_req *req)
         if (get) {
             login_page(req, 200, NULL);
         } else if (post && same_origin(h) &&
-                   form_get(body, blen, "token", field, sizeof field) &&
+                   fb_http_form_get(body, blen, "token", field, sizeof field) &&
                    token_ok(a, field, strlen(field))) {
             /* The cookie holds the token itself: the surface is on
              * loopback, and the token is what a scraper holds anyway. */
@@ -419,7 +357,7 @@ static void handle(void *ud, fb_req *req)
                          "a form from another origin", NULL);
             return;
         }
-        if (!form_get(body, blen, "scope", field, sizeof field) ||
+        if (!fb_http_form_get(body, blen, "scope", field, sizeof field) ||
             !scope_ok(field)) {
             fb_req_error(req, 400, "invalid_request",
                          "scope must be global, tenant:T, job:T/J or key:ID",

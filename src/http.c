@@ -696,3 +696,68 @@ out:
     *outlen = o;
     return rc;
 }
+
+const char *fb_http_cookie(const char *v, size_t vlen, const char *name,
+                           size_t *len)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; i + nl < vlen; i++) {
+        if ((i == 0 || v[i - 1] == ' ' || v[i - 1] == ';') &&
+            memcmp(v + i, name, nl) == 0 && v[i + nl] == '=') {
+            const char *t = v + i + nl + 1;
+            size_t n = 0;
+            while (t + n < v + vlen && t[n] != ';')
+                n++;
+            *len = n;
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int fb_http_form_get(const char *b, size_t len, const char *name, char *out,
+                     size_t cap)
+{
+    size_t nl = strlen(name), i = 0;
+    if (cap == 0)
+        return 0;
+    while (i < len) {
+        size_t end = i;
+        while (end < len && b[end] != '&')
+            end++;
+        if (end - i > nl && memcmp(b + i, name, nl) == 0 && b[i + nl] == '=') {
+            size_t o = 0;
+            for (size_t k = i + nl + 1; k < end; k++) {
+                int c = (unsigned char)b[k];
+                if (c == '+') {
+                    c = ' ';
+                } else if (c == '%') {
+                    int hi = k + 2 < end ? hexval(b[k + 1]) : -1;
+                    int lo = k + 2 < end ? hexval(b[k + 2]) : -1;
+                    if (hi < 0 || lo < 0)
+                        return 0;
+                    c = hi * 16 + lo;
+                    k += 2;
+                }
+                if (o + 1 >= cap || c == 0)
+                    return 0;
+                out[o++] = (char)c;
+            }
+            out[o] = '\0';
+            return 1;
+        }
+        i = end + 1;
+    }
+    return 0;
+}

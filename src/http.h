@@ -66,6 +66,17 @@ int fb_http_parse_request(const char *buf, size_t len, size_t max_head,
 const char *fb_http_header_get(const fb_http_req *req, const char *name,
                                size_t *vlen);
 
+/* The value of cookie `name` in a Cookie header's value v (RFC 6265
+ * "a=b; c=d"); NULL if absent. Points into v. */
+const char *fb_http_cookie(const char *v, size_t vlen, const char *name,
+                           size_t *len);
+
+/* The decoded value of field `name` in an application/x-www-form-
+ * urlencoded body into out (NUL-terminated; '+' is a blank, %XX a byte);
+ * 0 if absent, malformed, holding a NUL, or not fitting in cap. */
+int fb_http_form_get(const char *body, size_t len, const char *name,
+                     char *out, size_t cap);
+
 /* Incremental decoder for a chunked request body. */
 typedef struct fb_http_chunked {
     int state;
