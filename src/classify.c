@@ -271,19 +271,29 @@ static int add_repeat(size_t *total, size_t *last, size_t *added, size_t k)
  * copies an atom repeated {m,n} n times and a+ as aa*, and the cost of a
  * copy of something optional grows with the square of the copies (2000
  * copies of "a?" took 1 GiB and 35 s per 4 KiB line), so all repeats
- * together may add at most PATTERN_REPEAT_MAX atoms. NULL when acceptable.
- * The syntax is left to regcomp; this only has to over-estimate. */
+ * together may add at most PATTERN_REPEAT_MAX atoms. Empty alternatives
+ * and a repeat of a repeat ("a++", undefined in POSIX) are refused too:
+ * glibc's regcomp spent over 10 s on "(||...||ab)++" (fuzzing found it),
+ * walking the empty branches once per nested loop. An alternative counts
+ * as an atom. NULL when acceptable. The syntax is left to regcomp; this
+ * only has to over-estimate. */
 static const char *pattern_check(const char *p, size_t n)
 {
     static const char too_complex[] =
         "too complex: its repeats expand it too far";
+    static const char repeat_repeat[] =
+        "a repeat of a repeat (like a++ or a*{2}) is not supported";
     /* Per open group, its size so far and that of its last atom. */
     size_t total[PATTERN_DEPTH_MAX], last[PATTERN_DEPTH_MAX], added = 0;
-    int depth = 0;
+    int depth = 0, quant = 0; /* quant: the last token was a repeat */
     total[0] = last[0] = 0;
     for (size_t i = 0; i < n; i++) {
         size_t atom = 1;
-        switch (p[i]) {
+        char c = p[i];
+        if ((c == '*' || c == '?' || c == '+' || c == '{') && quant)
+            return repeat_repeat;
+        quant = 0;
+        switch (c) {
         case '\\':
             if (i + 1 < n && p[i + 1] >= '1' && p[i + 1] <= '9')
                 return "back-references are not supported";
@@ -303,12 +313,18 @@ static const char *pattern_check(const char *p, size_t n)
                 atom = total[depth--];
             break;
         case '|':
+            if (i == 0 || p[i - 1] == '(' || p[i - 1] == '|' || i + 1 == n ||
+                p[i + 1] == ')' || p[i + 1] == '|')
+                return "empty alternatives (||, (|, |) are not supported";
             last[depth] = 0;
+            total[depth]++;
             continue;
         case '*':
         case '?':
+            quant = 1;
             continue;
         case '+':
+            quant = 1;
             if (!add_repeat(&total[depth], &last[depth], &added, 2))
                 return too_complex;
             continue;
@@ -335,6 +351,7 @@ static const char *pattern_check(const char *p, size_t n)
             if (k > PATTERN_REPEAT_MAX)
                 return "a repeat count is too large";
             i = j;
+            quant = 1;
             if (!add_repeat(&total[depth], &last[depth], &added, k))
                 return too_complex;
             continue;

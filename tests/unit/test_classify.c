@@ -885,8 +885,22 @@ static const struct {
     {"transient x (a?){200}(b?){200}\n", 0,
      "t.rules:1: too complex: its repeats expand it too far"},
     /* Each + doubles what it repeats (found by fuzzing: out of memory). */
-    {"transient x (ab)++++++++++++\n", 0,
+    {"transient x ((((((((((ab)+)+)+)+)+)+)+)+)+)+)+\n", 0,
      "t.rules:1: too complex: its repeats expand it too far"},
+    /* A repeat of a repeat, and empty alternatives (found by fuzzing:
+     * "(||...||ab)++" took glibc's regcomp over 10 s). */
+    {"transient x (ab)++\n", 0,
+     "t.rules:1: a repeat of a repeat (like a++ or a*{2}) is not supported"},
+    {"transient x a*{2}\n", 0,
+     "t.rules:1: a repeat of a repeat (like a++ or a*{2}) is not supported"},
+    {"transient x a{2}?\n", 0,
+     "t.rules:1: a repeat of a repeat (like a++ or a*{2}) is not supported"},
+    {"transient x (||||||||||||||||||||||||||||||||ab)+\n", 0,
+     "t.rules:1: empty alternatives (||, (|, |) are not supported"},
+    {"transient x (a|)\n", 0,
+     "t.rules:1: empty alternatives (||, (|, |) are not supported"},
+    {"transient x |a\n", 0,
+     "t.rules:1: empty alternatives (||, (|, |) are not supported"},
     {"transient x a\0b\n", 16, "t.rules:1: a NUL byte in the line"},
 };
 
