@@ -574,6 +574,18 @@ static void deliver(round *r)
         due *x = &d->v[i];
         char err[256] = "";
         int ok = -1;
+        /* Stopping: what is left stays pending for the next start (a
+         * stop waits for one delivery at most, not fifty). */
+        pthread_mutex_lock(&r->a->mu);
+        int stop = r->a->stopping;
+        pthread_mutex_unlock(&r->a->mu);
+        if (stop) {
+            free(x->dedup);
+            free(x->dest);
+            free(x->message);
+            free(x->body);
+            continue;
+        }
         if (x->dedup && x->dest && x->message && x->body) {
             if (strcmp(x->dest, "command") == 0) {
                 ok = c->nalert_command > 0
