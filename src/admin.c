@@ -17,7 +17,7 @@
 #include "log.h"
 #include "store.h"
 
-#define FORM_MAX 256
+#define FORM_MAX 512 /* a form value: a scope, or the token */
 
 typedef enum { JOB_PAGE, JOB_TRIP, JOB_RESET, JOB_ALERTS } job_kind;
 
@@ -97,8 +97,12 @@ static int same_origin(const fb_http_req *h)
     const char *host = fb_http_header_get(h, "host", &hl);
     if (o == NULL)
         return 1; /* not a browser: the token decides */
-    return host != NULL && ol == hl + 7 && memcmp(o, "http://", 7) == 0 &&
-           memcmp(o + 7, host, hl) == 0;
+    if (host == NULL)
+        return 0;
+    size_t sl = ol >= 8 && memcmp(o, "https://", 8) == 0  ? 8
+                : ol >= 7 && memcmp(o, "http://", 7) == 0 ? 7
+                                                           : 0;
+    return sl > 0 && ol == hl + sl && memcmp(o + sl, host, hl) == 0;
 }
 
 /* "global", "tenant:T", "job:T/J" or "key:ID", names of [A-Za-z0-9_.-]. */
@@ -342,6 +346,11 @@ static void handle(void *ud, fb_req *req)
         submit(a, req, JOB_PAGE, NULL);
         return;
     }
+    if (post && !same_origin(h)) {
+        fb_req_error(req, 403, "forbidden", "a form from another origin",
+                     NULL);
+        return;
+    }
     if (path_is(h, pathlen, "/alerts/run") && post) {
         if (a->hooks.alerts == NULL)
             fb_req_error(req, 409, "alerts_off", "alerts are off (alerts.enabled)",
@@ -352,11 +361,6 @@ static void handle(void *ud, fb_req *req)
     }
     int trip = path_is(h, pathlen, "/dashboard/trip");
     if ((trip || path_is(h, pathlen, "/dashboard/reset")) && post) {
-        if (!same_origin(h)) {
-            fb_req_error(req, 403, "forbidden",
-                         "a form from another origin", NULL);
-            return;
-        }
         if (!fb_http_form_get(body, blen, "scope", field, sizeof field) ||
             !scope_ok(field)) {
             fb_req_error(req, 400, "invalid_request",

@@ -3,6 +3,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "budget.h"
+#include "keys.h"
 #include "log.h"
 #include "store.h"
 
@@ -47,43 +49,88 @@ typedef struct round {
     fb_err err;
 } round;
 
+/* ---- destinations ----
+ * A webhook's URL is often its credential (Slack's incoming webhooks):
+ * the outbox names it by a hash, and the log by its scheme and host. */
+
+#define HOOK_ID_LEN (8 + 16) /* "webhook:" and 16 hex digits */
+
+static void hook_id(const char *url, char out[HOOK_ID_LEN + 1])
+{
+    uint8_t h[32];
+    fb_key_hash(url, strlen(url), h);
+    memcpy(out, "webhook:", 8);
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 8 + 2 * i, 3, "%02x", h[i]);
+}
+
+/* "https://hooks.slack.com" of "https://hooks.slack.com/services/..." */
+static const char *hook_host(const char *url, char *buf, size_t cap)
+{
+    const char *p = strstr(url, "://");
+    size_t n = p ? (size_t)(p + 3 - url) + strcspn(p + 3, "/") : 0;
+    snprintf(buf, cap, "%.*s", (int)n, url);
+    return buf;
+}
+
+/* What a destination is, for the log (never a webhook's path). */
+static const char *dest_name(const fb_config *c, const char *dest, char *buf,
+                             size_t cap)
+{
+    char id[HOOK_ID_LEN + 1], host[160];
+    for (size_t i = 0; i < c->nalert_webhooks; i++) {
+        hook_id(c->alert_webhooks[i].url, id);
+        if (strcmp(id, dest) == 0) {
+            snprintf(buf, cap, "webhook %s",
+                     hook_host(c->alert_webhooks[i].url, host, sizeof host));
+            return buf;
+        }
+    }
+    snprintf(buf, cap, "%s", dest);
+    return buf;
+}
+
 /* ---- raising ---- */
 
-static void raise_v(round *r, int quiet, const char *dedup, const char *kind,
-                    const char *scope, json_t *details, const char *fmt,
-                    va_list ap) __attribute__((format(printf, 7, 0)));
-static void raise_alert(round *r, const char *dedup, const char *kind,
-                        const char *scope, json_t *details, const char *fmt,
-                        ...) __attribute__((format(printf, 6, 7)));
-static void raise_quiet(round *r, const char *dedup, const char *kind,
-                        const char *scope, json_t *details, const char *fmt,
-                        ...) __attribute__((format(printf, 6, 7)));
+static int raise_v(round *r, int quiet, const char *dedup, const char *kind,
+                   const char *scope, json_t *details, const char *fmt,
+                   va_list ap) __attribute__((format(printf, 7, 0)));
+static int raise_alert(round *r, const char *dedup, const char *kind,
+                       const char *scope, json_t *details, const char *fmt,
+                       ...) __attribute__((format(printf, 6, 7)));
+static int raise_quiet(round *r, const char *dedup, const char *kind,
+                       const char *scope, json_t *details, const char *fmt,
+                       ...) __attribute__((format(printf, 6, 7)));
 
-static void raise_alert(round *r, const char *dedup, const char *kind,
-                        const char *scope, json_t *details, const char *fmt,
-                        ...)
+/* 1 when the alert is new (recorded and queued), 0 when it was raised
+ * before (or could not be recorded: r->err says so). */
+static int raise_alert(round *r, const char *dedup, const char *kind,
+                       const char *scope, json_t *details, const char *fmt,
+                       ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    raise_v(r, 0, dedup, kind, scope, details, fmt, ap);
+    int n = raise_v(r, 0, dedup, kind, scope, details, fmt, ap);
     va_end(ap);
+    return n;
 }
 
 /* Recorded as raised, not sent: a lower threshold passed in the same
  * round as a higher one (one page, not three). */
-static void raise_quiet(round *r, const char *dedup, const char *kind,
-                        const char *scope, json_t *details, const char *fmt,
-                        ...)
+static int raise_quiet(round *r, const char *dedup, const char *kind,
+                       const char *scope, json_t *details, const char *fmt,
+                       ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    raise_v(r, 1, dedup, kind, scope, details, fmt, ap);
+    int n = raise_v(r, 1, dedup, kind, scope, details, fmt, ap);
     va_end(ap);
+    return n;
 }
 
-static void raise_v(round *r, int quiet, const char *dedup, const char *kind,
-                    const char *scope, json_t *details, const char *fmt,
-                    va_list ap)
+static int raise_v(round *r, int quiet, const char *dedup, const char *kind,
+                   const char *scope, json_t *details, const char *fmt,
+                   va_list ap)
 {
     const fb_config *c = r->a->c;
     char msg[512];
@@ -96,16 +143,19 @@ static void raise_v(round *r, int quiet, const char *dedup, const char *kind,
     json_decref(j);
     if (body == NULL) {
         r->err = FB_ENOMEM;
-        return;
+        return 0;
     }
     /* A destination is named by what it is, so that a restart with the
      * same config finds its pending rows. */
     size_t n = quiet ? 0 : c->nalert_webhooks + (c->nalert_command > 0);
     char **dests = calloc(n ? n : 1, sizeof *dests);
     size_t nd = 0;
-    for (size_t i = 0; dests && !quiet && i < c->nalert_webhooks; i++)
-        if (asprintf(&dests[nd], "webhook:%s", c->alert_webhooks[i].url) >= 0)
+    for (size_t i = 0; dests && !quiet && i < c->nalert_webhooks; i++) {
+        char id[HOOK_ID_LEN + 1];
+        hook_id(c->alert_webhooks[i].url, id);
+        if ((dests[nd] = strdup(id)) != NULL)
             nd++;
+    }
     if (dests && !quiet && c->nalert_command > 0 &&
         (dests[nd] = strdup("command")) != NULL)
         nd++;
@@ -128,6 +178,7 @@ static void raise_v(round *r, int quiet, const char *dedup, const char *kind,
         free(dests[i]);
     free(dests);
     free(body);
+    return err == FB_OK;
 }
 
 /* a >= p% of b, in integers */
@@ -158,6 +209,8 @@ static fb_money spend(round *r, const char *tenant, const char *job,
 }
 
 /* ---- the rules ---- */
+
+static int tripped_now(round *r, const char *scope);
 
 static void budget_rule(round *r, const char *scope, const char *tenant,
                         const char *job, const fb_budget_spec *spec)
@@ -245,18 +298,22 @@ static void rate_rules(round *r, const char *tenant, const char *job)
     snprintf(why, sizeof why,
              "breaker: %s USD in %d minutes against %s USD usually", s1,
              rule->breaker_minutes, s2);
+    /* Once a UTC day per job: a person's reset holds until tomorrow (the
+     * spike stays in the window for a while), and a trip already there
+     * (by hand, say) keeps its reason. */
     snprintf(dedup, sizeof dedup, "breaker:%s:%lld", scope,
-             (long long)(r->now - r->now % w));
-    if (fb_store_trip_apply(r->a->store, scope, 1, why, r->now) != FB_OK) {
-        r->err = FB_EIO;
+             (long long)(r->now - r->now % DAY));
+    if (!raise_alert(r, dedup, "breaker", scope,
+                     json_pack("{s:s,s:s,s:i}", "window_usd", s1,
+                               "baseline_usd", s2, "minutes",
+                               rule->breaker_minutes),
+                     "%s tripped by the breaker: %s USD in the last %d "
+                     "minutes, %s USD usually",
+                     scope, s1, rule->breaker_minutes, s2))
         return;
-    }
-    raise_alert(r, dedup, "breaker", scope,
-                json_pack("{s:s,s:s,s:i}", "window_usd", s1, "baseline_usd",
-                          s2, "minutes", rule->breaker_minutes),
-                "%s tripped by the breaker: %s USD in the last %d minutes, "
-                "%s USD usually",
-                scope, s1, rule->breaker_minutes, s2);
+    if (!tripped_now(r, scope) &&
+        fb_store_trip_apply(r->a->store, scope, 1, why, r->now) != FB_OK)
+        r->err = FB_EIO;
 }
 
 typedef struct names {
@@ -284,82 +341,183 @@ static int add_name(void *arg, const char *tenant, const char *job)
     return 0;
 }
 
-/* "job:T/J" -> T and J */
-static int split_job(const char *scope, char *t, char *j)
+/* Rows of a query, kept until the statement is finished: raising an
+ * alert writes, and a write on a connection that still reads may find
+ * the ledger moved on (SQLITE_BUSY at once, in WAL mode). */
+typedef struct hit {
+    char scope[2 * FB_NAME_MAX + 16];
+    char text[200]; /* the last run's outcome, or a trip's reason */
+    uint8_t fp[32];
+    int64_t n; /* runs, purchases, or the trip's time */
+} hit;
+
+typedef struct hits {
+    hit *v;
+    size_t n, cap;
+} hits;
+
+static hit *hit_add(hits *h)
 {
-    const char *slash;
-    if (strncmp(scope, "job:", 4) != 0 || (slash = strchr(scope + 4, '/')) ==
-                                              NULL ||
-        (size_t)(slash - scope - 4) >= FB_NAME_MAX ||
-        strlen(slash + 1) >= FB_NAME_MAX)
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 16;
+        hit *v = realloc(h->v, cap * sizeof *v);
+        if (v == NULL)
+            return NULL;
+        h->v = v;
+        h->cap = cap;
+    }
+    hit *x = &h->v[h->n++];
+    memset(x, 0, sizeof *x);
+    return x;
+}
+
+static int got_rerun(void *arg, const char *scope, int64_t runs,
+                     const char *last)
+{
+    hit *x = hit_add(arg);
+    if (x == NULL)
+        return 1;
+    snprintf(x->scope, sizeof x->scope, "%s", scope);
+    snprintf(x->text, sizeof x->text, "%s", last ? last : "?");
+    x->n = runs;
+    return 0;
+}
+
+static int got_fp(void *arg, const char *tenant, const char *job,
+                  const uint8_t fp[32], int64_t count)
+{
+    hit *x = hit_add(arg);
+    if (x == NULL)
+        return 1;
+    if (job[0])
+        snprintf(x->scope, sizeof x->scope, "job:%s/%s", tenant, job);
+    else
+        snprintf(x->scope, sizeof x->scope, "tenant:%s", tenant);
+    memcpy(x->fp, fp, 32);
+    x->n = count;
+    return 0;
+}
+
+static int got_trip(void *arg, const char *scope, const char *reason,
+                    int64_t ts_ms)
+{
+    hit *x = hit_add(arg);
+    if (x == NULL)
+        return 1;
+    snprintf(x->scope, sizeof x->scope, "%s", scope);
+    snprintf(x->text, sizeof x->text, "%s", reason);
+    x->n = ts_ms;
+    return 0;
+}
+
+static int tripped_now(round *r, const char *scope)
+{
+    hits t = {0};
+    int found = 0;
+    if (fb_store_trips(r->a->store, got_trip, &t) != FB_OK)
+        r->err = FB_EIO;
+    for (size_t i = 0; i < t.n && !found; i++)
+        found = strcmp(t.v[i].scope, scope) == 0;
+    free(t.v);
+    return found;
+}
+
+/* The tenant and job of "job:T/J" or "tenant:T" (job ""). */
+static int scope_names(const char *scope, char *t, char *j)
+{
+    const char *n, *slash;
+    if (strncmp(scope, "tenant:", 7) == 0) {
+        n = scope + 7;
+        slash = NULL;
+    } else if (strncmp(scope, "job:", 4) == 0) {
+        n = scope + 4;
+        if ((slash = strchr(n, '/')) == NULL)
+            return 0;
+    } else {
         return 0;
-    memcpy(t, scope + 4, (size_t)(slash - scope - 4));
-    t[slash - scope - 4] = '\0';
-    strcpy(j, slash + 1);
+    }
+    size_t tl = slash ? (size_t)(slash - n) : strlen(n);
+    if (tl >= FB_NAME_MAX || (slash && strlen(slash + 1) >= FB_NAME_MAX))
+        return 0;
+    memcpy(t, n, tl);
+    t[tl] = '\0';
+    strcpy(j, slash ? slash + 1 : "");
     return 1;
 }
 
-static int on_rerun(void *arg, const char *scope, int64_t runs,
-                    const char *last)
+static void rerun_rules(round *r, int64_t day0)
 {
-    round *r = arg;
-    char t[FB_NAME_MAX], j[FB_NAME_MAX], dedup[256];
-    if (!split_job(scope, t, j))
-        return 0;
-    const fb_alert_rule *rule = fb_config_alert_rule(r->a->c, t, j);
-    if (rule->runs_per_day <= 0 || runs <= rule->runs_per_day)
-        return 0;
-    snprintf(dedup, sizeof dedup, "rerun:%s:%lld", scope,
-             (long long)(r->now - r->now % DAY));
-    raise_alert(r, dedup, "rerun", scope,
-                json_pack("{s:I,s:s?}", "runs_today", (json_int_t)runs,
-                          "last_outcome", last),
-                "%s was started %lld times today (more than %d): a rerun "
-                "storm? the last run: %s",
-                scope, (long long)runs, rule->runs_per_day,
-                last ? last : "?");
-    return 0;
+    hits h = {0};
+    char t[FB_NAME_MAX], j[FB_NAME_MAX], dedup[256], hex[17];
+    if (fb_store_reruns(r->a->store, day0, got_rerun, &h) != FB_OK)
+        r->err = FB_EIO;
+    for (size_t i = 0; i < h.n; i++) {
+        const hit *x = &h.v[i];
+        if (!scope_names(x->scope, t, j) || j[0] == '\0')
+            continue;
+        const fb_alert_rule *rule = fb_config_alert_rule(r->a->c, t, j);
+        if (rule->runs_per_day <= 0 || x->n <= rule->runs_per_day)
+            continue;
+        snprintf(dedup, sizeof dedup, "rerun:%s:%lld", x->scope,
+                 (long long)day0);
+        raise_alert(r, dedup, "rerun", x->scope,
+                    json_pack("{s:I,s:s}", "runs_today", (json_int_t)x->n,
+                              "last_outcome", x->text),
+                    "%s was started %lld times today (more than %d): a "
+                    "rerun storm? the last run: %s",
+                    x->scope, (long long)x->n, rule->runs_per_day, x->text);
+    }
+    h.n = 0;
+    const fb_config *c = r->a->c;
+    int fp_min = c->alert_rule.forwards_per_fp;
+    for (size_t i = 0; i < c->nalert_overrides; i++) {
+        int v = c->alert_overrides[i].rule.forwards_per_fp;
+        if (v > 0 && (fp_min <= 0 || v < fp_min))
+            fp_min = v;
+    }
+    if (fp_min > 0 &&
+        fb_store_fp_storms(r->a->store, day0, fp_min + 1, got_fp, &h) != FB_OK)
+        r->err = FB_EIO;
+    for (size_t i = 0; i < h.n; i++) {
+        const hit *x = &h.v[i];
+        if (!scope_names(x->scope, t, j))
+            continue;
+        const fb_alert_rule *rule = fb_config_alert_rule(c, t, j);
+        if (rule->forwards_per_fp <= 0 || x->n <= rule->forwards_per_fp)
+            continue;
+        for (int k = 0; k < 8; k++)
+            snprintf(hex + 2 * k, 3, "%02x", x->fp[k]);
+        snprintf(dedup, sizeof dedup, "fingerprint:%s:%s:%lld", x->scope,
+                 hex, (long long)day0);
+        raise_alert(r, dedup, "rerun", x->scope,
+                    json_pack("{s:s,s:I}", "fingerprint", hex, "bought_today",
+                              (json_int_t)x->n),
+                    "%s bought the same request (%s...) %lld times today "
+                    "(more than %d): is a queue rerunning it?",
+                    x->scope, hex, (long long)x->n, rule->forwards_per_fp);
+    }
+    free(h.v);
 }
 
-static int on_fp(void *arg, const char *tenant, const char *job,
-                 const uint8_t fp[32], int64_t count)
+static void trip_rules(round *r)
 {
-    round *r = arg;
-    char scope[2 * FB_NAME_MAX + 16], dedup[256], hex[17];
-    const fb_alert_rule *rule = fb_config_alert_rule(r->a->c, tenant, job);
-    if (rule->forwards_per_fp <= 0 || count <= rule->forwards_per_fp)
-        return 0;
-    for (int i = 0; i < 8; i++)
-        snprintf(hex + 2 * i, 3, "%02x", fp[i]);
-    if (job[0])
-        snprintf(scope, sizeof scope, "job:%s/%s", tenant, job);
-    else
-        snprintf(scope, sizeof scope, "tenant:%s", tenant);
-    snprintf(dedup, sizeof dedup, "fingerprint:%s:%s:%lld", scope, hex,
-             (long long)(r->now - r->now % DAY));
-    raise_alert(r, dedup, "rerun", scope,
-                json_pack("{s:s,s:I}", "fingerprint", hex, "bought_today",
-                          (json_int_t)count),
-                "%s bought the same request (%s...) %lld times today (more "
-                "than %d): is a queue rerunning it?",
-                scope, hex, (long long)count, rule->forwards_per_fp);
-    return 0;
-}
-
-static int on_trip(void *arg, const char *scope, const char *reason,
-                   int64_t ts_ms)
-{
-    round *r = arg;
+    hits h = {0};
     char dedup[256];
-    if (ts_ms < r->now - DAY)
-        return 0; /* an old trip, seen before this store had alerts */
-    snprintf(dedup, sizeof dedup, "trip:%s:%lld", scope, (long long)ts_ms);
-    raise_alert(r, dedup, "fuse_tripped", scope,
-                json_pack("{s:s}", "reason", reason),
-                "fuse tripped: %s (%s); its calls are refused until "
-                "fusebox reset",
-                scope, reason);
-    return 0;
+    if (fb_store_trips(r->a->store, got_trip, &h) != FB_OK)
+        r->err = FB_EIO;
+    for (size_t i = 0; i < h.n; i++) {
+        const hit *x = &h.v[i];
+        if (x->n < r->now - DAY)
+            continue; /* an old trip, seen before this store had alerts */
+        snprintf(dedup, sizeof dedup, "trip:%s:%lld", x->scope,
+                 (long long)x->n);
+        raise_alert(r, dedup, "fuse_tripped", x->scope,
+                    json_pack("{s:s}", "reason", x->text),
+                    "fuse tripped: %s (%s); its calls are refused until "
+                    "fusebox reset",
+                    x->scope, x->text);
+    }
+    free(h.v);
 }
 
 static void rules(round *r)
@@ -396,20 +554,8 @@ static void rules(round *r)
     }
     free(ns.v);
 
-    int64_t day0 = r->now - r->now % DAY;
-    if (fb_store_reruns(r->a->store, day0, on_rerun, r) != FB_OK)
-        r->err = FB_EIO;
-    int fp_min = c->alert_rule.forwards_per_fp;
-    for (size_t i = 0; i < c->nalert_overrides; i++) {
-        int v = c->alert_overrides[i].rule.forwards_per_fp;
-        if (v > 0 && (fp_min <= 0 || v < fp_min))
-            fp_min = v;
-    }
-    if (fp_min > 0 &&
-        fb_store_fp_storms(r->a->store, day0, fp_min + 1, on_fp, r) != FB_OK)
-        r->err = FB_EIO;
-    if (fb_store_trips(r->a->store, on_trip, r) != FB_OK)
-        r->err = FB_EIO;
+    rerun_rules(r, r->now - r->now % DAY);
+    trip_rules(r);
 }
 
 /* ---- deliveries ---- */
@@ -472,7 +618,8 @@ static int run_command(const fb_config *c, const char *body, char *err,
     int in[2];
     pid_t pid;
     posix_spawn_file_actions_t fa;
-    if (pipe(in) != 0) {
+    posix_spawnattr_t at;
+    if (pipe2(in, O_CLOEXEC) != 0) {
         snprintf(err, errcap, "pipe: %s", strerror(errno));
         return -1;
     }
@@ -484,11 +631,23 @@ static int run_command(const fb_config *c, const char *body, char *err,
         return -1;
     }
     memcpy(argv, c->alert_command, c->nalert_command * sizeof *argv);
+    /* The child gets the JSON on stdin and none of the daemon's other
+     * descriptors (client and provider sockets, the store), SIGPIPE as
+     * usual, and a process group of its own, so that a timeout kills
+     * what it started too. */
+    sigset_t def;
+    sigemptyset(&def);
+    sigaddset(&def, SIGPIPE);
+    posix_spawnattr_init(&at);
+    posix_spawnattr_setsigdefault(&at, &def);
+    posix_spawnattr_setpgroup(&at, 0);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_addclose(&fa, in[1]);
-    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+    int rc = posix_spawnp(&pid, argv[0], &fa, &at, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
     free(argv);
     close(in[0]);
     if (rc != 0) {
@@ -516,7 +675,7 @@ static int run_command(const fb_config *c, const char *body, char *err,
             return -1;
         }
         if (waited >= SEND_TIMEOUT_MS) {
-            kill(pid, SIGKILL);
+            kill(-pid, SIGKILL); /* its group */
             waitpid(pid, &status, 0);
             snprintf(err, errcap, "timed out after %d ms", SEND_TIMEOUT_MS);
             return -1;
@@ -595,9 +754,12 @@ static void deliver(round *r)
                             -2);
             } else if (strncmp(x->dest, "webhook:", 8) == 0) {
                 const fb_alert_webhook *h = NULL;
-                for (size_t k = 0; k < c->nalert_webhooks && !h; k++)
-                    if (strcmp(c->alert_webhooks[k].url, x->dest + 8) == 0)
+                char id[HOOK_ID_LEN + 1];
+                for (size_t k = 0; k < c->nalert_webhooks && !h; k++) {
+                    hook_id(c->alert_webhooks[k].url, id);
+                    if (strcmp(id, x->dest) == 0)
                         h = &c->alert_webhooks[k];
+                }
                 ok = h ? post_webhook(h, x->body, x->message, err, sizeof err)
                        : (snprintf(err, sizeof err,
                                    "this webhook is no longer configured"),
@@ -605,6 +767,8 @@ static void deliver(round *r)
             }
         }
         int attempts = x->attempts + 1;
+        char dn[192];
+        dest_name(c, x->dest ? x->dest : "?", dn, sizeof dn);
         if (ok == 0) {
             (void)fb_store_outbox_update(r->a->store, x->id, 1, attempts,
                                          r->now, NULL);
@@ -612,8 +776,7 @@ static void deliver(round *r)
         } else if (ok == -2 || attempts >= c->alert_max_attempts) {
             fb_log(FB_LOG_ERROR,
                    "alert %s to %s: gave up after %d attempts: %s",
-                   x->dedup ? x->dedup : "?", x->dest ? x->dest : "?",
-                   attempts, err);
+                   x->dedup ? x->dedup : "?", dn, attempts, err);
             (void)fb_store_outbox_update(r->a->store, x->id, 2, attempts,
                                          r->now, err);
             r->failed++;
@@ -623,7 +786,7 @@ static void deliver(round *r)
                 backoff = MAX_BACKOFF_MS;
             fb_log(FB_LOG_WARN,
                    "alert %s to %s: attempt %d failed (%s); next in %lld s",
-                   x->dedup, x->dest, attempts, err,
+                   x->dedup, dn, attempts, err,
                    (long long)(backoff / 1000));
             (void)fb_store_outbox_update(r->a->store, x->id, 0, attempts,
                                          r->now + backoff, err);
@@ -719,7 +882,7 @@ fail:
     return NULL;
 }
 
-void fb_alerts_stop(fb_alerts *a)
+void fb_alerts_request_stop(fb_alerts *a)
 {
     if (a == NULL)
         return;
@@ -727,6 +890,13 @@ void fb_alerts_stop(fb_alerts *a)
     a->stopping = 1;
     pthread_cond_signal(&a->cv);
     pthread_mutex_unlock(&a->mu);
+}
+
+void fb_alerts_stop(fb_alerts *a)
+{
+    if (a == NULL)
+        return;
+    fb_alerts_request_stop(a);
     pthread_join(a->thread, NULL);
     fb_store_close(a->store);
     pthread_mutex_destroy(&a->mu);

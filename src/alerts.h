@@ -35,6 +35,9 @@ fb_alerts *fb_alerts_start(const fb_config *c);
  * malloc'd JSON: {"raised": [dedup...], "sent": n, "retrying": n,
  * "failed": n}. */
 fb_err fb_alerts_round(fb_alerts *a, char **summary);
+/* Ask the thread, and a round running on another thread, to stop soon
+ * (deliveries left stay pending); fb_alerts_stop then joins and frees. */
+void fb_alerts_request_stop(fb_alerts *a);
 void fb_alerts_stop(fb_alerts *a);
 
 #endif

@@ -3,15 +3,20 @@
  * test (or a script) reads what a person sees. */
 #include "dashboard.h"
 
+#include <stdint.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "map.h"
+
 #define HOUR INT64_C(3600000)
 #define DAY (24 * HOUR)
 #define HOURS 48      /* the time line: the last two days, by hour */
-#define MAX_JOBS 200  /* rows of the jobs table */
+#define MAX_JOBS 200  /* rows of the jobs table (the biggest spenders) */
+#define MAX_SEEN 100000 /* jobs and trips read at most */
 #define SPARK_JOBS 30 /* jobs with a time line of their own */
 #define BLOCKED_ROWS 20
 
@@ -27,7 +32,8 @@ typedef struct page {
     FILE *f;
     int64_t day0, h0;
     job *jobs;
-    size_t njobs;
+    size_t njobs, capjobs;
+    fb_map *job_index; /* "tenant/job" -> index + 1 */
     fb_report_row tenants[MAX_JOBS];
     char tenant_names[MAX_JOBS][FB_NAME_MAX];
     size_t ntenants;
@@ -149,12 +155,28 @@ static void gauge(FILE *f, fb_money spent, fb_money reserved, fb_money limit)
 static job *find_job(page *p, const char *tenant, const char *name,
                      int add)
 {
-    for (size_t i = 0; i < p->njobs; i++)
-        if (strcmp(p->jobs[i].tenant, tenant) == 0 &&
-            strcmp(p->jobs[i].job, name) == 0)
-            return &p->jobs[i];
-    if (!add || p->njobs == MAX_JOBS)
+    char key[2 * FB_NAME_MAX + 2];
+    int n = snprintf(key, sizeof key, "%s/%s", tenant, name);
+    size_t at = (size_t)(uintptr_t)fb_map_get(p->job_index, key, (size_t)n);
+    if (at > 0)
+        return &p->jobs[at - 1];
+    if (!add || p->njobs == MAX_SEEN)
         return NULL;
+    if (p->njobs == p->capjobs) {
+        size_t cap = p->capjobs ? 2 * p->capjobs : 64;
+        job *v = realloc(p->jobs, cap * sizeof *v);
+        if (v == NULL) {
+            p->failed = 1;
+            return NULL;
+        }
+        p->jobs = v;
+        p->capjobs = cap;
+    }
+    if (fb_map_put(p->job_index, key, (size_t)n,
+                   (void *)(uintptr_t)(p->njobs + 1), NULL) != FB_OK) {
+        p->failed = 1;
+        return NULL;
+    }
     job *j = &p->jobs[p->njobs++];
     memset(j, 0, sizeof *j);
     snprintf(j->tenant, sizeof j->tenant, "%s", tenant);
@@ -253,6 +275,7 @@ static fb_err gather(fb_store *s, page *p)
         for (size_t k = 0; k < in->c->tenants[i].njobs; k++)
             (void)find_job(p, in->c->tenants[i].name,
                            in->c->tenants[i].jobs[k].name, 1);
+    /* Biggest spenders first; job_index is stale from here on. */
     qsort(p->jobs, p->njobs, sizeof *p->jobs, cmp_job);
 
     fb_spend_filter week = {.since_ms = p->day0 - 7 * DAY};
@@ -314,31 +337,47 @@ static void trip_form(FILE *f, const char *scope, int tripped)
     fprintf(f, "\">%s</button></form>", tripped ? "Reset" : "Trip");
 }
 
+typedef struct trip_row {
+    char scope[2 * FB_NAME_MAX + 16];
+    char reason[200];
+    int64_t ts;
+} trip_row;
+
 typedef struct trips {
-    char scope[64][2 * FB_NAME_MAX + 16];
-    char reason[64][200];
-    int64_t ts[64];
-    size_t n;
+    trip_row *v;
+    size_t n, cap;
+    fb_map *by_scope; /* scope -> index + 1 */
 } trips;
 
 static int on_trip(void *arg, const char *scope, const char *reason,
                    int64_t ts_ms)
 {
     trips *t = arg;
-    if (t->n == 64)
+    if (t->n == MAX_SEEN)
         return 1;
-    snprintf(t->scope[t->n], sizeof t->scope[0], "%s", scope);
-    snprintf(t->reason[t->n], sizeof t->reason[0], "%s", reason);
-    t->ts[t->n++] = ts_ms;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 16;
+        trip_row *v = realloc(t->v, cap * sizeof *v);
+        if (v == NULL)
+            return 1;
+        t->v = v;
+        t->cap = cap;
+    }
+    trip_row *x = &t->v[t->n];
+    snprintf(x->scope, sizeof x->scope, "%s", scope);
+    snprintf(x->reason, sizeof x->reason, "%s", reason);
+    x->ts = ts_ms;
+    t->n++;
+    (void)fb_map_put(t->by_scope, x->scope, strlen(x->scope),
+                     (void *)(uintptr_t)t->n, NULL);
     return 0;
 }
 
 static const char *trip_reason(const trips *t, const char *scope)
 {
-    for (size_t i = 0; i < t->n; i++)
-        if (strcmp(t->scope[i], scope) == 0)
-            return t->reason[i];
-    return NULL;
+    size_t at =
+        (size_t)(uintptr_t)fb_map_get(t->by_scope, scope, strlen(scope));
+    return at > 0 ? t->v[at - 1].reason : NULL;
 }
 
 static int on_blocked(void *arg, const fb_blocked_row *r)
@@ -382,7 +421,7 @@ static void jobs_table(page *p, const trips *tr)
           "<th>today</th><th>paid calls</th><th>replayed</th><th>saved</th>"
           "<th>blocked</th><th>last 48 h</th><th>fuse</th></tr>",
           f);
-    for (size_t i = 0; i < p->njobs; i++) {
+    for (size_t i = 0; i < p->njobs && i < MAX_JOBS; i++) {
         const job *j = &p->jobs[i];
         snprintf(scope, sizeof scope, "job:%s/%s", j->tenant, j->job);
         const char *why = trip_reason(tr, scope);
@@ -410,6 +449,11 @@ static void jobs_table(page *p, const trips *tr)
         fputs("</td></tr>", f);
     }
     fputs("</table>", f);
+    if (p->njobs > MAX_JOBS)
+        fprintf(f,
+                "<p class=sub>%zu more jobs spent less: <code>fusebox "
+                "spend --by job</code> lists them all.</p>",
+                p->njobs - MAX_JOBS);
 }
 
 static void budgets_table(page *p)
@@ -446,11 +490,12 @@ char *fb_dash_render(fb_store *s, const fb_dash_in *in, size_t *len)
     page p = {.in = in};
     char *buf = NULL, t[48], m[32];
     trips *tr = calloc(1, sizeof *tr);
-    p.jobs = calloc(MAX_JOBS, sizeof *p.jobs);
+    p.job_index = fb_map_new();
     p.day0 = in->now_ms - in->now_ms % DAY;
     p.h0 = in->now_ms - in->now_ms % HOUR - (HOURS - 1) * HOUR;
-    if (tr == NULL || p.jobs == NULL || gather(s, &p) != FB_OK ||
-        fb_store_trips(s, on_trip, tr) != FB_OK)
+    if (tr == NULL || p.job_index == NULL ||
+        (tr->by_scope = fb_map_new()) == NULL || gather(s, &p) != FB_OK ||
+        p.failed || fb_store_trips(s, on_trip, tr) != FB_OK)
         goto fail;
     if ((p.f = open_memstream(&buf, len)) == NULL)
         goto fail;
@@ -519,12 +564,12 @@ char *fb_dash_render(fb_store *s, const fb_dash_in *in, size_t *len)
               f);
         for (size_t i = 0; i < tr->n; i++) {
             fputs("<tr><td class=tripped>", f);
-            esc(f, tr->scope[i]);
+            esc(f, tr->v[i].scope);
             fputs("</td><td>", f);
-            esc(f, tr->reason[i]);
+            esc(f, tr->v[i].reason);
             fprintf(f, "</td><td>%s</td><td>",
-                    when(tr->ts[i], 0, t, sizeof t));
-            trip_form(f, tr->scope[i], 1);
+                    when(tr->v[i].ts, 0, t, sizeof t));
+            trip_form(f, tr->v[i].scope, 1);
             fputs("</td></tr>", f);
         }
         fputs("</table>", f);
@@ -571,14 +616,19 @@ char *fb_dash_render(fb_store *s, const fb_dash_in *in, size_t *len)
     fputs("</table></body></html>\n", f);
     if (fclose(f) != 0 || p.failed)
         goto fail;
-    free(tr);
-    free(p.jobs);
-    return buf;
+    goto out;
 fail:
     free(buf);
+    buf = NULL;
+out:
+    if (tr) {
+        fb_map_free(tr->by_scope, NULL);
+        free(tr->v);
+    }
     free(tr);
+    fb_map_free(p.job_index, NULL);
     free(p.jobs);
-    return NULL;
+    return buf;
 }
 
 char *fb_dash_login(const char *msg, size_t *len)

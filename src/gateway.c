@@ -1822,6 +1822,7 @@ out:
      * stay RESERVED and are charged in full at the next start); ledger
      * callbacks still to come only settle. */
     g.stopped = 1;
+    fb_alerts_request_stop(g.alerts); /* a round on the admin thread too */
     fb_admin_free(g.admin);
     fb_alerts_stop(g.alerts);
     fb_server_free(g.srv);

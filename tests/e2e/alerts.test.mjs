@@ -10,6 +10,7 @@
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { createHash } from 'node:crypto';
 import { readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +22,10 @@ const DAY = 24 * HOUR;
 const USD = 1000000000000n;
 // 2026-11-20 12:30 UTC: the days before it are the baseline.
 const T0 = Date.UTC(2026, 10, 20, 12, 30);
+
+/** How the outbox names a webhook: by a hash, never its URL (often a
+ *  credential, like Slack's). */
+const hookId = (url) => `webhook:${createHash('sha256').update(url).digest('hex').slice(0, 16)}`;
 
 /** A webhook receiver: records every request; /json fails while failJson. */
 async function receiver() {
@@ -40,7 +45,7 @@ async function receiver() {
 }
 
 describe('alerts', () => {
-  let env, rx, db, outFile, hotKey;
+  let env, rx, db, outFile, hotKey, downUrl;
 
   /** SQL rows for one job: [ts, cost USD as a decimal string] each. */
   function rows(tenant, job, list, { idBase, fp = null, state = 1 } = {}) {
@@ -55,6 +60,7 @@ describe('alerts', () => {
   before(async () => {
     rx = await receiver();
     const down = await closedPort();
+    downUrl = `http://127.0.0.1:${down}/down`;
     outFile = join(tmpdir(), `fusebox-alerts-${process.pid}.jsonl`);
     rmSync(outFile, { force: true });
     env = await startEnv({
@@ -178,6 +184,18 @@ describe('alerts', () => {
     }, { timeoutMs: 5000, message: 'acme/hot refused' });
     assert.equal(r.json.error.type, 'fuse_tripped');
     assert.match(r.json.error.message, /breaker/);
+
+    // A person resets it; five minutes on, the spike is still in the
+    // breaker's window, but the breaker fires once a day: no new trip,
+    // no new page.
+    const reset = await cliRun(env, ['reset', '--tenant', 'acme', '--job', 'hot']);
+    assert.equal(reset.code, 0, reset.stderr);
+    env.setClock(T0 + 5 * 60000);
+    const s = await round();
+    assert.ok(!has(s.raised, 'breaker:') && !has(s.raised, 'trip:job:acme/hot'), JSON.stringify(s));
+    await waitFor(async () => (await env.post(CHAT, chatBody({ content: 'hot after reset' }), { key: hotKey })).status === 200,
+      { timeoutMs: 5000, message: 'acme/hot served after the reset' });
+    env.setClock(T0);
   });
 
   it('a fuse tripped by hand is reported', async () => {
@@ -210,8 +228,8 @@ describe('alerts', () => {
     env.setClock(T0 + 60000);
     await round();
     assert.equal(attempts().length, 2, 'and only once');
-    const rowsNow = await outbox(`dedup='${dedup}' AND dest LIKE 'webhook:%/json'`);
-    assert.deepEqual(rowsNow, [{ dest: `webhook:${rx.url}/json`, attempts: 2, state: 1 }]);
+    const rowsNow = await outbox(`dedup='${dedup}' AND dest='${hookId(`${rx.url}/json`)}'`);
+    assert.deepEqual(rowsNow, [{ dest: hookId(`${rx.url}/json`), attempts: 2, state: 1 }]);
   });
 
   it('retries stop at max_attempts when the receiver fails or is down', async () => {
@@ -232,13 +250,18 @@ describe('alerts', () => {
     const tries = rx.got.filter((g) => g.path === '/json' && g.json?.dedup === dedup);
     assert.equal(tries.length, 3, `the failing receiver saw ${tries.length} attempts`);
     assert.ok(tries.every((g) => g.status === 500));
-    const [failing] = await outbox(`dedup='${dedup}' AND dest LIKE 'webhook:%/json'`);
-    assert.deepEqual(failing, { dest: `webhook:${rx.url}/json`, attempts: 3, state: 2 });
+    const [failing] = await outbox(`dedup='${dedup}' AND dest='${hookId(`${rx.url}/json`)}'`);
+    assert.deepEqual(failing, { dest: hookId(`${rx.url}/json`), attempts: 3, state: 2 });
     // The receiver that is down: every alert's row gave up after 3.
-    const down = await outbox("dest LIKE 'webhook:%/down'");
+    const down = await outbox(`dest='${hookId(downUrl)}'`);
     assert.ok(down.length >= 10, `${down.length} rows`);
     assert.ok(down.every((x) => x.attempts === 3 && x.state === 2), JSON.stringify(down));
-    assert.match(env.gatewayStderr(), /gave up after 3 attempts/);
+    const log = env.gatewayStderr();
+    assert.match(log, new RegExp(`to webhook ${rx.url.replace(/\./g, '\\.')}: gave up after 3 attempts`));
+    // A webhook's path is its secret: not in the log, not in the store.
+    assert.ok(!log.includes(`${rx.url}/json`) && !log.includes('/down'), 'a webhook URL is in the log');
+    const dump = await sqlite(db, '.dump');
+    assert.ok(!dump.stdout.includes(`${rx.url}/json`) && !dump.stdout.includes(downUrl), 'a webhook URL is in the store');
     rx.failJson = false;
   });
 
