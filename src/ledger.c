@@ -896,7 +896,9 @@ static void *thread_main(void *arg)
         /* With nothing queued after a failure, see whether the store
          * takes writes again (space freed): /readyz turns back without
          * waiting for a paid call that it keeps away. */
-        if (batch == NULL && failing) {
+        /* A batch that only read commits on a full disk too: only a
+         * write says the store takes writes again. */
+        if (failing && last == FB_OK) {
             last = fb_store_probe(l->store);
             if (last == FB_OK)
                 fb_log(FB_LOG_INFO, "store: writable again");

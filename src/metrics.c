@@ -38,7 +38,8 @@ typedef struct series {
 struct fb_metrics {
     fb_map *series; /* "tenant\x1fjob" -> series* */
     series other;   /* past FB_METRICS_MAX_SERIES */
-    int64_t overflow;
+    int64_t overflow; /* calls counted in "other" */
+    size_t dropped;   /* budget scopes left out of the last render */
     hist forward, replay;
 };
 
@@ -101,9 +102,8 @@ static series *get(fb_metrics *m, const char *tenant, const char *job)
 
 static void observe(hist *h, int64_t ns)
 {
-    int64_t us = ns / 1000;
     size_t i = 0;
-    while (i < NBUCKETS && us > bucket_us[i])
+    while (i < NBUCKETS && ns > bucket_us[i] * 1000)
         i++;
     h->count[i]++;
     h->n++;
@@ -173,13 +173,17 @@ static void head(FILE *f, const char *name, const char *type,
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void tj(FILE *f, const series *s)
+/* The labels of a series; the one past the bound also says overflow="1"
+ * (a real tenant may be called _other). */
+static void tj(FILE *f, const fb_metrics *m, const series *s)
 {
     fputs("{tenant=\"", f);
     label(f, s->tenant);
     fputs("\",job=\"", f);
     label(f, s->job);
     fputc('"', f);
+    if (s == &m->other)
+        fputs(",overflow=\"1\"", f);
 }
 
 typedef enum {
@@ -217,7 +221,7 @@ static void each_series(FILE *f, fb_metrics *m, field what)
               : what == F_SPENT    ? "fusebox_spent_usd_total"
                                    : "fusebox_saved_usd_total",
               f);
-        tj(f, s);
+        tj(f, m, s);
         fputs("} ", f);
         switch (what) {
         case F_FORWARDED:
@@ -249,7 +253,7 @@ static void blocked(FILE *f, fb_metrics *m)
             if (s->blocked[r] == 0)
                 continue;
             fputs("fusebox_blocked_calls_total", f);
-            tj(f, s);
+            tj(f, m, s);
             fprintf(f, ",reason=\"%s\"} %lld\n", block_names[r],
                     (long long)s->blocked[r]);
         }
@@ -283,6 +287,7 @@ static void histogram(FILE *f, const char *name, const char *help,
  * their own (a key without one would only repeat its job). */
 static void budgets(FILE *f, fb_metrics *m, const fb_metrics_src *src)
 {
+    m->dropped = 0;
     static const char *const per[] = {"total", "hour", "day", "month"};
     static const char *const names[] = {
         "fusebox_budget_limit_usd", "fusebox_budget_spent_usd",
@@ -304,7 +309,7 @@ static void budgets(FILE *f, fb_metrics *m, const fb_metrics_src *src)
                 continue;
             if (shown++ >= FB_METRICS_MAX_SERIES) {
                 if (g == 0)
-                    m->overflow++;
+                    m->dropped++;
                 continue;
             }
             fb_money spent, reserved;
@@ -389,9 +394,12 @@ char *fb_metrics_render(fb_metrics *m, const fb_metrics_src *src,
     head(f, "fusebox_calls_in_flight", "gauge", "Calls being answered.");
     fprintf(f, "fusebox_calls_in_flight %zu\n", src->in_flight);
     head(f, "fusebox_metrics_overflow_total", "counter",
-         "Calls or scopes past the label bound, counted under _other.");
+         "Calls past the label bound, counted under overflow=\"1\".");
     fprintf(f, "fusebox_metrics_overflow_total %lld\n",
             (long long)m->overflow);
+    head(f, "fusebox_metrics_scopes_dropped", "gauge",
+         "Budget scopes past the label bound, left out of this scrape.");
+    fprintf(f, "fusebox_metrics_scopes_dropped %zu\n", m->dropped);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

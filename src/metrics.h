@@ -5,8 +5,9 @@
  * (budgets, trips, the store) are read from their owners when rendered.
  * Label cardinality is bounded: at most FB_METRICS_MAX_SERIES (tenant,
  * job) pairs and as many budget scopes; past that, calls count under
- * tenant="_other", job="_other" and further scopes are left out (both
- * counted in fusebox_metrics_overflow_total). Owned by the loop thread. */
+ * tenant="_other", job="_other", overflow="1" (and in
+ * fusebox_metrics_overflow_total), and further scopes are left out
+ * (fusebox_metrics_scopes_dropped). Owned by the loop thread. */
 #ifndef FB_METRICS_H
 #define FB_METRICS_H
 

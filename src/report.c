@@ -205,14 +205,21 @@ static json_t *row_json(fb_report_by by, const fb_report_row *x)
     return o;
 }
 
-/* RFC 4180: a field with a comma, quote or line break is quoted. */
+/* RFC 4180: a field with a comma, quote or line break is quoted. A name
+ * that a spreadsheet would run as a formula (=, +, -, @: model names come
+ * from clients) gets a leading apostrophe. */
 static void csv_field(FILE *out, const char *s)
 {
+    int formula = *s == '=' || *s == '+' || *s == '-' || *s == '@';
     if (strpbrk(s, ",\"\r\n") == NULL) {
+        if (formula)
+            fputc('\'', out);
         fputs(s, out);
         return;
     }
     fputc('"', out);
+    if (formula)
+        fputc('\'', out);
     for (; *s; s++) {
         if (*s == '"')
             fputc('"', out);

@@ -200,6 +200,8 @@ static const char schema_v4[] =
     /* a scope's spend (budgets at start, key windows, fusebox spend) */
     "CREATE INDEX IF NOT EXISTS spend_rollup_scope ON spend_rollup(tenant,"
     " job, hour_ms);"
+    "CREATE INDEX IF NOT EXISTS spend_rollup_key ON spend_rollup(key_id,"
+    " hour_ms);"
     "CREATE INDEX IF NOT EXISTS ledger_blocked ON ledger(id) WHERE state=2;"
     /* alerts (alerts.h): each raised once (its dedup key), and an outbox
      * row per destination that survives a restart */
@@ -237,6 +239,7 @@ struct fb_store {
     char why[160]; /* why the last failed transaction failed */
     roll pend[ROLL_MAX];
     size_t npend;
+    int roll_failed; /* a delta was lost: this transaction must not commit */
     sqlite3_stmt *spend_st[8]; /* per filter set (spend_stmt) */
 };
 
@@ -511,9 +514,13 @@ static fb_err roll_note(fb_store *s, int64_t ts_ms, const char *tenant,
             r = x;
     }
     if (r == NULL) {
-        fb_err err;
-        if (s->npend == ROLL_MAX && (err = roll_flush(s)) != FB_OK)
-            return err;
+        /* A delta lost (a failed early flush, no memory) would make the
+         * rollup undercount for good, and budgets are seeded from it:
+         * the whole transaction fails instead (fb_store_commit). */
+        if (s->npend == ROLL_MAX && roll_flush(s) != FB_OK) {
+            s->roll_failed = 1;
+            return FB_EIO;
+        }
         r = &s->pend[s->npend];
         *r = (roll){.hour_ms = hour,
                     .tenant = strdup(tenant ? tenant : ""),
@@ -521,8 +528,10 @@ static fb_err roll_note(fb_store *s, int64_t ts_ms, const char *tenant,
                     .key_id = strdup(key_id ? key_id : ""),
                     .model = strdup(model ? model : "")};
         s->npend++; /* counted before the check: roll_drop frees it */
-        if (!r->tenant || !r->job || !r->key_id || !r->model)
+        if (!r->tenant || !r->job || !r->key_id || !r->model) {
+            s->roll_failed = 1;
             return FB_ENOMEM;
+        }
     }
     r->calls++;
     r->paid += state == FB_ENTRY_SETTLED && cost > 0;
@@ -530,26 +539,31 @@ static fb_err roll_note(fb_store *s, int64_t ts_ms, const char *tenant,
     r->replayed += state == FB_ENTRY_REPLAYED;
     r->cost += cost;
     r->saved += state == FB_ENTRY_REPLAYED ? saved : 0; /* as replays save */
-    /* Outside a transaction the row is committed already: so is this. */
-    return sqlite3_get_autocommit(s->db) ? roll_flush(s) : FB_OK;
+    return FB_OK;
 }
 
 fb_err fb_store_begin(fb_store *s)
 {
     roll_drop(s);
+    s->roll_failed = 0;
     return step_done(stmt(s, ST_BEGIN));
 }
 
 fb_err fb_store_commit(fb_store *s)
 {
-    fb_err err = roll_flush(s);
-    return err != FB_OK ? err : step_done(stmt(s, ST_COMMIT));
+    fb_err err = s->roll_failed ? FB_EIO : roll_flush(s);
+    if (err != FB_OK) {
+        s->roll_failed = 1; /* the caller rolls back */
+        return err;
+    }
+    return step_done(stmt(s, ST_COMMIT));
 }
 
 void fb_store_rollback(fb_store *s)
 {
     note_why(s);
     roll_drop(s);
+    s->roll_failed = 0;
     if (!sqlite3_get_autocommit(s->db))
         (void)step_done(stmt(s, ST_ROLLBACK));
 }
@@ -670,7 +684,42 @@ fb_err fb_store_key_list(fb_store *s,
     return err;
 }
 
+static fb_err entry_insert(fb_store *s, const fb_entry *e);
+static fb_err entry_settle(fb_store *s, int64_t id, int status, fb_money cost,
+                           const char *outcome);
+
+/* A ledger write and its rollup delta commit together: outside a
+ * transaction, each call is one of its own. */
 fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        return entry_insert(s, e);
+    fb_err err = fb_store_begin(s);
+    if (err == FB_OK)
+        err = entry_insert(s, e);
+    if (err == FB_OK)
+        err = fb_store_commit(s);
+    if (err != FB_OK)
+        fb_store_rollback(s);
+    return err;
+}
+
+fb_err fb_store_entry_settle(fb_store *s, int64_t id, int status,
+                             fb_money cost, const char *outcome)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        return entry_settle(s, id, status, cost, outcome);
+    fb_err err = fb_store_begin(s);
+    if (err == FB_OK)
+        err = entry_settle(s, id, status, cost, outcome);
+    if (err == FB_OK)
+        err = fb_store_commit(s);
+    if (err != FB_OK)
+        fb_store_rollback(s);
+    return err;
+}
+
+static fb_err entry_insert(fb_store *s, const fb_entry *e)
 {
     sqlite3_stmt *st = stmt(s, ST_ENTRY_INSERT);
     sqlite3_bind_int64(st, 1, e->id);
@@ -698,8 +747,8 @@ fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e)
     return err;
 }
 
-fb_err fb_store_entry_settle(fb_store *s, int64_t id, int status,
-                             fb_money cost, const char *outcome)
+static fb_err entry_settle(fb_store *s, int64_t id, int status, fb_money cost,
+                           const char *outcome)
 {
     sqlite3_stmt *st = stmt(s, ST_ENTRY_SETTLE);
     sqlite3_bind_int(st, 1, status);
@@ -857,8 +906,22 @@ static sqlite3_stmt *spend_stmt(fb_store *s, const fb_spend_filter *f)
     return st;
 }
 
+/* Inside a transaction, the deltas of rows it settled are still in
+ * memory: write them before reading. */
+static fb_err roll_sync(fb_store *s)
+{
+    if (sqlite3_get_autocommit(s->db) || s->npend == 0)
+        return FB_OK;
+    fb_err err = roll_flush(s);
+    if (err != FB_OK)
+        s->roll_failed = 1;
+    return err;
+}
+
 fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out)
 {
+    if (roll_sync(s) != FB_OK)
+        return FB_EIO;
     sqlite3_stmt *st = spend_stmt(s, f);
     fb_err err;
     memset(out, 0, sizeof *out);
@@ -1494,6 +1557,8 @@ fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
     int rc;
     if ((unsigned)by > FB_BY_DAY)
         return FB_EINVAL;
+    if (roll_sync(s) != FB_OK)
+        return FB_EIO;
     spend_filter(f, 0, filt, sizeof filt);
     spend_filter(f, 1, lfilt, sizeof lfilt);
     int n = snprintf(

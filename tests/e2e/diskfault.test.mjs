@@ -74,6 +74,11 @@ describe('store disk full or read-only', () => {
     await waitFor(async () => (await ready()) === 503, { timeoutMs: 5000, message: '/readyz 503 while the disk fails' });
     const r = await request('GET', `${env.gwUrl}/readyz`);
     assert.equal(r.json?.status, 'store_unavailable', r.text);
+    // A request that only reads the store (an unknown key: 401) commits
+    // fine on a full disk; it must not turn /readyz green.
+    const stranger = await env.post(CHAT, chatBody({ content: `${tag} who` }), { key: `fbk_${'0'.repeat(40)}` });
+    assert.equal(stranger.status, 401, stranger.text);
+    assert.equal(await ready(), 503, 'a read turned /readyz green while the disk fails');
     assert.equal(await env.healthz(), 200);
     const log = env.gatewayStderr().slice(stderrAt);
     assert.ok(log.includes(logText), `the log does not name the cause (${logText}):\n${log}`);

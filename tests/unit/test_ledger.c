@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -528,6 +529,78 @@ static void test_journal_acks_and_coalesces(void **state)
     assert_int_equal(st.st_size, 0);
 }
 
+/* The spend rollup: a delta that cannot be written fails the whole
+ * transaction (the rows too), so that the rollup never undercounts; and
+ * a read inside a transaction sees what it settled. */
+static void test_rollup_fails_whole(void **state)
+{
+    (void)state;
+    fb_store *s = open_store();
+    char path[256];
+    sqlite3 *db;
+    snprintf(path, sizeof path, "%s/fusebox.db", dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "CREATE TRIGGER fail_roll BEFORE INSERT ON spend_rollup "
+                     "WHEN NEW.key_id='kfail' BEGIN SELECT RAISE(ABORT,"
+                     "'no'); END;",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    /* 70 final rows in as many groups: the 65th delta is written early
+     * (64 are held), and fails. */
+    char keys[70][16];
+    fb_err err = fb_store_begin(s), first = FB_OK;
+    assert_int_equal(err, FB_OK);
+    for (int i = 0; i < 70; i++) {
+        fb_entry e = entry(7000 + i, 3600000, "tr", "j", 5);
+        snprintf(keys[i], sizeof keys[i], i == 3 ? "kfail" : "k%d", i);
+        e.key_id = keys[i];
+        e.state = FB_ENTRY_SETTLED;
+        e.cost = 5;
+        e.status = 200;
+        e.outcome = "ok";
+        fb_err x = fb_store_entry_insert(s, &e);
+        if (first == FB_OK)
+            first = x;
+    }
+    assert_int_not_equal(first, FB_OK);
+    assert_int_not_equal(fb_store_commit(s), FB_OK);
+    fb_store_rollback(s);
+    fb_spend sp;
+    fb_spend_filter f = {.tenant = "tr", .job = "j"};
+    assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
+    assert_int_equal(sp.calls, 0); /* nothing of it committed */
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM ledger "
+                                            "WHERE id BETWEEN 7000 AND 7069",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(db, "DROP TRIGGER fail_roll", NULL, NULL,
+                                  NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+
+    /* A settle inside a transaction is seen by a read in it. */
+    fb_entry e = entry(7100, 3600000, "tr", "j2", 500);
+    assert_int_equal(fb_store_entry_insert(s, &e), FB_OK); /* its own */
+    f.job = "j2";
+    assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
+    assert_int_equal(sp.spent, 500); /* in flight: the reservation */
+    assert_int_equal(fb_store_begin(s), FB_OK);
+    assert_int_equal(fb_store_entry_settle(s, 7100, 200, 400, "ok"), FB_OK);
+    assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
+    assert_int_equal(sp.spent, 400);
+    assert_int_equal(sp.calls, 1);
+    assert_int_equal(fb_store_commit(s), FB_OK);
+    assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
+    assert_int_equal(sp.spent, 400);
+    fb_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -538,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_maintenance_checkpoints_wal),
         cmocka_unit_test(test_journal_acks_and_coalesces),
         cmocka_unit_test(test_results_size_cap),
+        cmocka_unit_test(test_rollup_fails_whole),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
