@@ -579,10 +579,12 @@ char *fb_dash_render(fb_store *s, const fb_dash_in *in, size_t *len)
     budgets_table(&p);
 
     fputs("<h2>Tenants</h2><table id=tenants><tr><th>tenant</th><th>spent"
-          "</th><th>paid calls</th><th>replayed</th><th>saved</th></tr>",
+          "</th><th>paid calls</th><th>replayed</th><th>saved</th>"
+          "<th>last 48 h</th></tr>",
           f);
     for (size_t i = 0; i < p.ntenants; i++) {
         char scope[FB_NAME_MAX + 8];
+        fb_money hours[HOURS] = {0};
         snprintf(scope, sizeof scope, "tenant:%s", p.tenant_names[i]);
         fputs("<tr><td>", f);
         esc(f, p.tenant_names[i]);
@@ -592,7 +594,16 @@ char *fb_dash_render(fb_store *s, const fb_dash_in *in, size_t *len)
         count_td(f, scope, "paid_calls", p.tenants[i].paid_calls);
         count_td(f, scope, "replayed_calls", p.tenants[i].replayed_calls);
         money_td(f, scope, "saved_usd", p.tenants[i].saved);
-        fputs("</tr>", f);
+        fputs("<td>", f);
+        if (i < SPARK_JOBS) {
+            fb_spend_filter tf = {.tenant = p.tenant_names[i],
+                                  .since_ms = p.h0};
+            hours_ctx hx = {&p, hours};
+            if (fb_store_report(s, FB_BY_HOUR, &tf, on_hour, &hx) != FB_OK)
+                p.failed = 1;
+            bars(f, hours, HOURS, p.h0, 144, 24);
+        }
+        fputs("</td></tr>", f);
     }
     fputs("</table>", f);
 
