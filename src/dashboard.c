@@ -37,6 +37,9 @@ typedef struct page {
     fb_report_row tenants[MAX_JOBS];
     char tenant_names[MAX_JOBS][FB_NAME_MAX];
     size_t ntenants;
+    fb_report_row *th; /* every tenant's hours, last 48 (groups dropped) */
+    char (*th_names)[FB_NAME_MAX];
+    size_t nth, capth;
     fb_money days[8]; /* [7] is today */
     fb_money hours[HOURS];
     fb_report_row today;
@@ -249,6 +252,30 @@ static int on_hour(void *arg, const fb_report_row *r)
     return 0;
 }
 
+static int on_tenant_hour(void *arg, const fb_report_row *r)
+{
+    page *p = arg;
+    if (p->nth == p->capth) {
+        size_t cap = p->capth ? 2 * p->capth : 128;
+        fb_report_row *v = realloc(p->th, cap * sizeof *v);
+        char(*n)[FB_NAME_MAX] = v ? realloc(p->th_names, cap * sizeof *n)
+                                   : NULL;
+        if (v != NULL)
+            p->th = v;
+        if (n == NULL) {
+            p->failed = 1;
+            return 1;
+        }
+        p->th_names = n;
+        p->capth = cap;
+    }
+    p->th[p->nth] = *r;
+    p->th[p->nth].group = NULL;
+    snprintf(p->th_names[p->nth], FB_NAME_MAX, "%s", r->group);
+    p->nth++;
+    return 0;
+}
+
 static int cmp_job(const void *a, const void *b)
 {
     const job *x = a, *y = b;
@@ -284,7 +311,9 @@ static fb_err gather(fb_store *s, page *p)
     fb_spend_filter recent = {.since_ms = p->h0};
     hours_ctx hx = {p, p->hours};
     if ((err = fb_store_report(s, FB_BY_HOUR, &recent, on_hour, &hx)) !=
-        FB_OK)
+            FB_OK ||
+        (err = fb_store_report(s, FB_BY_TENANT_HOUR, &recent, on_tenant_hour,
+                               p)) != FB_OK)
         return err;
     for (size_t i = 0; i < p->njobs && i < SPARK_JOBS; i++) {
         job *j = &p->jobs[i];
@@ -595,14 +624,14 @@ char *fb_dash_render(fb_store *s, const fb_dash_in *in, size_t *len)
         count_td(f, scope, "replayed_calls", p.tenants[i].replayed_calls);
         money_td(f, scope, "saved_usd", p.tenants[i].saved);
         fputs("<td>", f);
-        if (i < SPARK_JOBS) {
-            fb_spend_filter tf = {.tenant = p.tenant_names[i],
-                                  .since_ms = p.h0};
-            hours_ctx hx = {&p, hours};
-            if (fb_store_report(s, FB_BY_HOUR, &tf, on_hour, &hx) != FB_OK)
-                p.failed = 1;
-            bars(f, hours, HOURS, p.h0, 144, 24);
+        for (size_t k = 0; k < p.nth; k++) {
+            const fb_report_row *x = &p.th[k];
+            int64_t at = (x->bucket_ms - p.h0) / HOUR;
+            if (strcmp(p.th_names[k], p.tenant_names[i]) == 0 && at >= 0 &&
+                at < HOURS)
+                hours[at] = x->cost + x->in_flight;
         }
+        bars(f, hours, HOURS, p.h0, 144, 24);
         fputs("</td></tr>", f);
     }
     fputs("</table>", f);
@@ -639,6 +668,8 @@ out:
     free(tr);
     fb_map_free(p.job_index, NULL);
     free(p.jobs);
+    free(p.th);
+    free(p.th_names);
     return buf;
 }
 

@@ -12,7 +12,8 @@
 
 static const char *const by_names[] = {
     [FB_BY_TENANT] = "tenant", [FB_BY_JOB] = "job",   [FB_BY_MODEL] = "model",
-    [FB_BY_KEY] = "key",       [FB_BY_HOUR] = "hour", [FB_BY_DAY] = "day"};
+    [FB_BY_KEY] = "key",       [FB_BY_HOUR] = "hour", [FB_BY_DAY] = "day",
+    [FB_BY_TENANT_HOUR] = "tenant_hour"};
 
 int fb_report_by_parse(const char *name)
 {

@@ -266,6 +266,8 @@ typedef enum fb_report_by {
     FB_BY_KEY,
     FB_BY_HOUR, /* bucket_ms: the UTC hour's start */
     FB_BY_DAY,  /* bucket_ms: the UTC day's start */
+    FB_BY_TENANT_HOUR, /* group the tenant, bucket_ms the hour (one pass
+                          for every tenant's time line) */
 } fb_report_by;
 
 typedef struct fb_report_row {

@@ -1550,12 +1550,14 @@ fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
         [FB_BY_KEY] = {"key_id", "key_id"},
         [FB_BY_HOUR] = {"hour_ms", "ts_ms-ts_ms%3600000"},
         [FB_BY_DAY] = {"hour_ms-hour_ms%86400000", "ts_ms-ts_ms%86400000"},
+        [FB_BY_TENANT_HOUR] = {"tenant||char(31)||hour_ms",
+                               "tenant||char(31)||(ts_ms-ts_ms%3600000)"},
     };
     char filt[64], lfilt[64], sql[2048];
     sqlite3_stmt *st = NULL;
     fb_err err = FB_EINVAL;
     int rc;
-    if ((unsigned)by > FB_BY_DAY)
+    if ((unsigned)by > FB_BY_TENANT_HOUR)
         return FB_EINVAL;
     if (roll_sync(s) != FB_OK)
         return FB_EIO;
@@ -1596,6 +1598,14 @@ fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
             .saved = sqlite3_column_int64(st, 7)};
         if (r.group == NULL)
             r.group = "";
+        char tenant[FB_NAME_MAX];
+        const char *sep = by == FB_BY_TENANT_HOUR ? strchr(r.group, 31) : NULL;
+        if (sep != NULL && (size_t)(sep - r.group) < sizeof tenant) {
+            memcpy(tenant, r.group, (size_t)(sep - r.group));
+            tenant[sep - r.group] = '\0';
+            r.bucket_ms = strtoll(sep + 1, NULL, 10);
+            r.group = tenant;
+        }
         if (fn(arg, &r) != 0)
             break;
     }
