@@ -14,7 +14,7 @@
 
 PREFIX ?= /usr/local
 CC ?= cc
-PKGS := libevent libevent_pthreads libcurl sqlite3 jansson yaml-0.1 libcrypto
+PKGS := libevent libevent_pthreads libcurl sqlite3 jansson yaml-0.1 libcrypto libpcre2-8
 
 ifeq ($(SANITIZE),1)
 BUILD ?= build-san
@@ -39,8 +39,9 @@ LDLIBS = $(PKG_LIBS) -lpthread -lm
 
 LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
 # Data compiled in: data/classify.rules as a C string (scripts/embed.sh).
-GEN_SRC := $(BUILD)/gen/classify_rules.c
-LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/classify_rules.o
+GEN_SRC := $(BUILD)/gen/classify_rules.c $(BUILD)/gen/scan_rules.c
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/classify_rules.o \
+	$(BUILD)/obj/gen/scan_rules.o
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -62,6 +63,10 @@ $(BUILD)/obj/%.o: src/%.c
 $(BUILD)/gen/classify_rules.c: data/classify.rules scripts/embed.sh
 	@mkdir -p $(dir $@)
 	scripts/embed.sh fb_classify_rules_builtin < $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/gen/scan_rules.c: data/scan.rules scripts/embed.sh
+	@mkdir -p $(dir $@)
+	scripts/embed.sh fb_scan_rules_builtin_text < $< > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)

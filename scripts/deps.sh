@@ -4,7 +4,7 @@
 #   --test  also what only the tests need (Chromium, for the dashboard)
 set -eu
 pkgs="build-essential pkg-config libevent-dev libcurl4-openssl-dev libsqlite3-dev
-libjansson-dev libyaml-dev libssl-dev libcmocka-dev sqlite3 curl openssl nodejs npm"
+libjansson-dev libyaml-dev libssl-dev libcmocka-dev libpcre2-dev sqlite3 git curl openssl nodejs npm"
 if [ "${1:-}" = --test ]; then
     pkgs="$pkgs chromium"
 fi

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "fake.h"
 #include "gateway.h"
+#include "scan.h"
 
 #define FUSEBOX_VERSION "0.1.0"
 
@@ -28,6 +29,9 @@ static void usage(FILE *f)
             "  fusebox replay purge [--job J | --tenant T | --key ID | --all]\n"
             "  fusebox ledger verify [--json]      check the store and the "
             "ledger\n"
+            "  fusebox scan [PATH] [--format text|json] [--fail-on "
+            "high|blocked|never]\n"
+            "                                      secrets in a repository\n"
             "  fusebox fake-provider [--listen HOST:PORT]  a fake paid API "
             "for tests\n"
             "  fusebox version | help\n\n"
@@ -155,6 +159,8 @@ int main(int argc, char **argv)
         return fb_cli_key(argc - 1, argv + 1);
     if (strcmp(cmd, "spend") == 0)
         return fb_cli_spend(argc - 1, argv + 1);
+    if (strcmp(cmd, "scan") == 0)
+        return fb_cli_scan(argc - 1, argv + 1);
     if (strcmp(cmd, "run") == 0)
         return fb_run_main(argc - 1, argv + 1);
     if (strcmp(cmd, "trip") == 0)

@@ -1,0 +1,877 @@
+/* scan.c - fusebox scan: rules, the secret finder, files, reports; see
+ * scan.h. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include "scan.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "keys.h"
+
+extern const char fb_scan_rules_builtin_text[];
+extern const size_t fb_scan_rules_builtin_text_len;
+
+#define MAX_KW 16
+#define MAX_FILE_BYTES (16u << 20) /* larger files are skipped, and said */
+#define BINARY_PROBE 8192
+
+typedef struct rule {
+    char id[64];
+    char kind[16];
+    char desc[160];
+    char kw[MAX_KW][32];
+    size_t nkw;
+    double entropy;
+    int weak; /* reported only where no other rule found a secret */
+    pcre2_code *re;
+    pcre2_match_data *md;
+} rule;
+
+struct fb_scan_rules {
+    rule *v;
+    size_t n, cap;
+    /* Bounds on one match: a pattern that backtracks without end (a rule
+     * file's, or a line made to trip one) gives up on that line. */
+    pcre2_match_context *mc;
+};
+
+#define MATCH_LIMIT 1000000
+#define DEPTH_LIMIT 10000
+
+/* ---- rules ---- */
+
+static void rule_clear(rule *r)
+{
+    pcre2_match_data_free(r->md);
+    pcre2_code_free(r->re);
+    r->md = NULL;
+    r->re = NULL;
+}
+
+void fb_scan_rules_free(fb_scan_rules *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->n; i++)
+        rule_clear(&r->v[i]);
+    free(r->v);
+    pcre2_match_context_free(r->mc);
+    free(r);
+}
+
+size_t fb_scan_rules_count(const fb_scan_rules *r)
+{
+    return r->n;
+}
+
+/* One "key=value" token at *p (value quoted or up to a blank). */
+static int token(const char **p, const char *end, char *key, size_t kcap,
+                 char *val, size_t vcap)
+{
+    const char *s = *p;
+    while (s < end && (*s == ' ' || *s == '\t'))
+        s++;
+    const char *eq = s;
+    while (eq < end && *eq != '=' && *eq != ' ' && *eq != '\t')
+        eq++;
+    if (eq == end || *eq != '=' || (size_t)(eq - s) >= kcap)
+        return -1;
+    memcpy(key, s, (size_t)(eq - s));
+    key[eq - s] = '\0';
+    const char *v = eq + 1, *ve;
+    if (strcmp(key, "re") == 0) {
+        ve = end; /* the pattern runs to the end of the line */
+    } else if (v < end && *v == '"') {
+        v++;
+        ve = memchr(v, '"', (size_t)(end - v));
+        if (ve == NULL)
+            return -1;
+    } else {
+        ve = v;
+        while (ve < end && *ve != ' ' && *ve != '\t')
+            ve++;
+    }
+    if ((size_t)(ve - v) >= vcap)
+        return -1;
+    memcpy(val, v, (size_t)(ve - v));
+    val[ve - v] = '\0';
+    *p = ve < end && *ve == '"' ? ve + 1 : ve;
+    return 0;
+}
+
+static int parse_line(const char *s, const char *end, rule *r, char *why,
+                      size_t whycap)
+{
+    char key[16], val[1024];
+    const char *p = s;
+    int n = 0;
+    memset(r, 0, sizeof *r);
+    /* KIND ID */
+    for (int k = 0; k < 2; k++) {
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *w = p;
+        while (p < end && *p != ' ' && *p != '\t')
+            p++;
+        char *dst = k == 0 ? r->kind : r->id;
+        size_t cap = k == 0 ? sizeof r->kind : sizeof r->id;
+        if (p == w || (size_t)(p - w) >= cap) {
+            snprintf(why, whycap, "expected KIND ID ... re=PATTERN");
+            return -1;
+        }
+        memcpy(dst, w, (size_t)(p - w));
+        dst[p - w] = '\0';
+    }
+    if (strcmp(r->kind, "secret") != 0) {
+        snprintf(why, whycap, "unknown kind '%s' (secret)", r->kind);
+        return -1;
+    }
+    r->entropy = 0;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        if (p == end)
+            break;
+        if (token(&p, end, key, sizeof key, val, sizeof val) != 0) {
+            snprintf(why, whycap, "expected key=value");
+            return -1;
+        }
+        n++;
+        if (strcmp(key, "kw") == 0) {
+            char *save = NULL;
+            for (char *w = strtok_r(val, ",", &save); w;
+                 w = strtok_r(NULL, ",", &save)) {
+                if (r->nkw == MAX_KW || strlen(w) >= sizeof r->kw[0]) {
+                    snprintf(why, whycap, "too many or too long keywords");
+                    return -1;
+                }
+                for (char *c = w; *c; c++)
+                    if (*c >= 'A' && *c <= 'Z')
+                        *c = (char)(*c + 32);
+                strcpy(r->kw[r->nkw++], w);
+            }
+        } else if (strcmp(key, "entropy") == 0) {
+            char *e;
+            r->entropy = strtod(val, &e);
+            if (*e != '\0' || r->entropy < 0 || r->entropy > 8) {
+                snprintf(why, whycap, "entropy is a number of bits 0-8");
+                return -1;
+            }
+        } else if (strcmp(key, "weak") == 0) {
+            if (strcmp(val, "yes") != 0 && strcmp(val, "no") != 0) {
+                snprintf(why, whycap, "weak is yes or no");
+                return -1;
+            }
+            r->weak = strcmp(val, "yes") == 0;
+        } else if (strcmp(key, "desc") == 0) {
+            snprintf(r->desc, sizeof r->desc, "%s", val);
+        } else if (strcmp(key, "re") == 0) {
+            int ec;
+            PCRE2_SIZE off;
+            r->re = pcre2_compile((PCRE2_SPTR)val, strlen(val), 0, &ec, &off,
+                                  NULL);
+            if (r->re == NULL) {
+                PCRE2_UCHAR msg[160];
+                pcre2_get_error_message(ec, msg, sizeof msg);
+                snprintf(why, whycap, "bad pattern at %zu: %s", (size_t)off,
+                         (char *)msg);
+                return -1;
+            }
+            (void)pcre2_jit_compile(r->re, PCRE2_JIT_COMPLETE);
+            r->md = pcre2_match_data_create_from_pattern(r->re, NULL);
+            if (r->md == NULL) {
+                rule_clear(r);
+                snprintf(why, whycap, "out of memory");
+                return -1;
+            }
+        } else {
+            snprintf(why, whycap,
+                     "unknown key '%s' (kw, entropy, weak, desc, re)", key);
+            return -1;
+        }
+    }
+    if (r->re == NULL || r->nkw == 0) {
+        rule_clear(r);
+        snprintf(why, whycap, "a rule needs kw= and re=");
+        return -1;
+    }
+    (void)n;
+    return 0;
+}
+
+fb_err fb_scan_rules_load(fb_scan_rules *rs, const char *text, size_t len,
+                          const char *origin, char *err, size_t errcap)
+{
+    const char *p = text, *end = text + len;
+    int lineno = 0;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        lineno++;
+        const char *s = p;
+        p = nl ? nl + 1 : end;
+        while (s < le && (*s == ' ' || *s == '\t'))
+            s++;
+        const char *e = le;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+            e--;
+        if (s == e || *s == '#')
+            continue;
+        if (memchr(s, '\0', (size_t)(e - s)) != NULL) {
+            snprintf(err, errcap, "%s:%d: a NUL byte in the line", origin,
+                     lineno);
+            return FB_EINVAL;
+        }
+        rule r;
+        char why[200];
+        if (parse_line(s, e, &r, why, sizeof why) != 0) {
+            snprintf(err, errcap, "%s:%d: %s", origin, lineno, why);
+            return FB_EINVAL;
+        }
+        size_t at = rs->n;
+        for (size_t i = 0; i < rs->n; i++)
+            if (strcmp(rs->v[i].id, r.id) == 0)
+                at = i;
+        if (at == rs->n && rs->n == rs->cap) {
+            size_t cap = rs->cap ? 2 * rs->cap : 32;
+            rule *v = realloc(rs->v, cap * sizeof *v);
+            if (v == NULL) {
+                rule_clear(&r);
+                return FB_ENOMEM;
+            }
+            rs->v = v;
+            rs->cap = cap;
+        }
+        if (at < rs->n)
+            rule_clear(&rs->v[at]); /* replaced by id */
+        else
+            rs->n++;
+        rs->v[at] = r;
+    }
+    return FB_OK;
+}
+
+fb_scan_rules *fb_scan_rules_builtin(void)
+{
+    char err[256];
+    fb_scan_rules *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    if ((r->mc = pcre2_match_context_create(NULL)) == NULL) {
+        free(r);
+        return NULL;
+    }
+    pcre2_set_match_limit(r->mc, MATCH_LIMIT);
+    pcre2_set_depth_limit(r->mc, DEPTH_LIMIT);
+    if (fb_scan_rules_load(r, fb_scan_rules_builtin_text,
+                           fb_scan_rules_builtin_text_len, "scan.rules", err,
+                           sizeof err) != FB_OK) {
+        fprintf(stderr, "fusebox: built-in %s\n", err);
+        fb_scan_rules_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* ---- the finder ---- */
+
+static double entropy(const char *s, size_t n)
+{
+    size_t count[256] = {0};
+    double h = 0;
+    for (size_t i = 0; i < n; i++)
+        count[(unsigned char)s[i]]++;
+    for (int c = 0; c < 256; c++) {
+        if (count[c] == 0)
+            continue;
+        double p = (double)count[c] / (double)n;
+        h -= p * log2(p);
+    }
+    return h;
+}
+
+static int contains_ci(const char *s, size_t n, const char *w)
+{
+    size_t wl = strlen(w);
+    for (size_t i = 0; i + wl <= n; i++)
+        if (fb_strcaseeq(s + i, wl, w, wl))
+            return 1;
+    return 0;
+}
+
+/* Documentation's stand-ins for a key, never reported. */
+static int placeholder(const rule *r, const char *s, size_t n)
+{
+    static const char *const any[] = {
+        "...", "xxxx", "****", "your_", "your-", "yourkey", "example",
+        "placeholder", "changeme", "change_me", "dummy", "redacted",
+        "${", "{{", "<", ">", "$(", "%s", "fake", "sample"};
+    /* a generic value that names where the secret comes from */
+    static const char *const generic[] = {
+        "env", "config", "settings", "secret", "token", "password",
+        "passwd", "apikey", "api_key", "getenv", "vault", "param"};
+    /* keys meant to be public or harmless: Stripe's publishable and
+     * test-mode keys */
+    static const char *const public_prefix[] = {"pk_live_", "pk_test_",
+                                                "sk_test_", "rk_test_"};
+    for (size_t i = 0; i < sizeof any / sizeof any[0]; i++)
+        if (contains_ci(s, n, any[i]))
+            return 1;
+    for (size_t i = 0; i < sizeof public_prefix / sizeof public_prefix[0]; i++)
+        if (n >= strlen(public_prefix[i]) &&
+            memcmp(s, public_prefix[i], strlen(public_prefix[i])) == 0)
+            return 1;
+    if (strcmp(r->id, "generic-secret") == 0) {
+        for (size_t i = 0; i < sizeof generic / sizeof generic[0]; i++)
+            if (contains_ci(s, n, generic[i]))
+                return 1;
+        /* Keys mix digits and letters; a value of words ("my-dev-key")
+         * is a name, not a secret. */
+        int digit = 0, alpha = 0;
+        for (size_t i = 0; i < n; i++) {
+            digit |= s[i] >= '0' && s[i] <= '9';
+            alpha |= (s[i] | 32) >= 'a' && (s[i] | 32) <= 'z';
+        }
+        if (!digit || !alpha)
+            return 1;
+    }
+    return 0;
+}
+
+typedef struct lines {
+    const char *buf;
+    size_t len;
+    size_t *start; /* offsets of line starts, built on first use */
+    size_t n;
+} lines;
+
+static int64_t line_of(lines *L, size_t off, int64_t *col)
+{
+    if (L->start == NULL) {
+        size_t cap = 1024;
+        L->start = malloc(cap * sizeof *L->start);
+        if (L->start == NULL)
+            return 0;
+        L->start[L->n++] = 0;
+        for (const char *p = L->buf, *e = L->buf + L->len;
+             (p = memchr(p, '\n', (size_t)(e - p))) != NULL; p++) {
+            if (L->n == cap) {
+                size_t *v = realloc(L->start, 2 * cap * sizeof *v);
+                if (v == NULL)
+                    break;
+                L->start = v;
+                cap *= 2;
+            }
+            L->start[L->n++] = (size_t)(p - L->buf) + 1;
+        }
+    }
+    size_t lo = 0, hi = L->n;
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        if (L->start[mid] <= off)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    *col = (int64_t)(off - L->start[lo]) + 1;
+    return (int64_t)lo + 1;
+}
+
+static void fingerprint(const char *rule_id, const char *file, int64_t line,
+                        const char *s, size_t n, char out[17])
+{
+    char head[600];
+    int hl = snprintf(head, sizeof head, "%s\n%s\n%lld\n", rule_id, file,
+                      (long long)line);
+    uint8_t h[32];
+    size_t tl = (size_t)(hl > 0 ? hl : 0) + n;
+    char *t = malloc(tl ? tl : 1);
+    if (t == NULL) {
+        memset(out, '0', 16);
+        out[16] = '\0';
+        return;
+    }
+    memcpy(t, head, (size_t)hl);
+    memcpy(t + hl, s, n);
+    fb_key_hash(t, tl, h);
+    free(t);
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Where secrets were found in this buffer: a weak rule's match that
+ * overlaps one is the same secret, already reported. */
+typedef struct spans {
+    size_t *v; /* start, end pairs */
+    size_t n, cap;
+} spans;
+
+static int overlaps(const spans *sp, size_t so, size_t eo)
+{
+    for (size_t i = 0; i < sp->n; i += 2)
+        if (so < sp->v[i + 1] && sp->v[i] < eo)
+            return 1;
+    return 0;
+}
+
+static void span_add(spans *sp, size_t so, size_t eo)
+{
+    if (sp->n + 2 > sp->cap) {
+        size_t cap = sp->cap ? 2 * sp->cap : 16;
+        size_t *v = realloc(sp->v, cap * sizeof *v);
+        if (v == NULL)
+            return;
+        sp->v = v;
+        sp->cap = cap;
+    }
+    sp->v[sp->n++] = so;
+    sp->v[sp->n++] = eo;
+}
+
+/* One line [ls, le) of buf, against one rule. */
+static void match_line(const rule *r, pcre2_match_context *mc,
+                       const char *file, lines *L, spans *sp, const char *ls,
+                       const char *le,
+                       void (*fn)(void *, const fb_scan_finding *), void *arg)
+{
+    if (contains_ci(ls, (size_t)(le - ls), "fusebox:allow"))
+        return;
+    PCRE2_SIZE start = 0, n = (PCRE2_SIZE)(le - ls);
+    while (start <= n) {
+        int rc = pcre2_match(r->re, (PCRE2_SPTR)ls, n, start, 0, r->md, mc);
+        if (rc <= 0)
+            return;
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(r->md);
+        int g = rc > 1 && ov[2] != PCRE2_UNSET ? 1 : 0;
+        size_t so = ov[2 * g], eo = ov[2 * g + 1];
+        const char *sec = ls + so;
+        size_t sl = eo - so;
+        size_t abs = (size_t)(sec - L->buf);
+        if (sl > 0 && !placeholder(r, sec, sl) &&
+            (r->entropy <= 0 || entropy(sec, sl) >= r->entropy) &&
+            !(r->weak && overlaps(sp, abs, abs + sl))) {
+            span_add(sp, abs, abs + sl);
+            fb_scan_finding f = {.kind = r->kind,
+                                 .rule = r->id,
+                                 .desc = r->desc,
+                                 .file = file,
+                                 .length = sl};
+            f.line = line_of(L, (size_t)(sec - L->buf), &f.column);
+            snprintf(f.redacted, sizeof f.redacted, "%.*s...(%zu chars)",
+                     (int)(sl < 4 ? sl : 4), sec, sl);
+            fingerprint(r->id, file, f.line, sec, sl, f.fingerprint);
+            fn(arg, &f);
+        }
+        start = ov[1] > ov[0] ? ov[1] : ov[0] + 1;
+    }
+}
+
+int fb_scan_buffer(const fb_scan_rules *rs, const char *file, const char *buf,
+                   size_t len,
+                   void (*fn)(void *arg, const fb_scan_finding *f),
+                   void *arg)
+{
+    if (memchr(buf, '\0', len < BINARY_PROBE ? len : BINARY_PROBE) != NULL)
+        return 1;
+    /* The prefilter: keywords in a lowercased copy, then only the lines
+     * that hold one go to the rule's pattern (once per line and rule). */
+    char *low = malloc(len ? len : 1);
+    if (low == NULL)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = buf[i];
+        low[i] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+    }
+    lines L = {.buf = buf, .len = len};
+    spans sp = {0};
+    size_t cap = 0, n = 0, *ends = NULL; /* the lines to match: their ends */
+    /* The specific rules first, then the weak ones (which may only add). */
+    for (size_t k2 = 0; k2 < 2 * rs->n; k2++) {
+        const rule *r = &rs->v[k2 % rs->n];
+        if (r->weak != (k2 >= rs->n))
+            continue;
+        n = 0;
+        for (size_t w = 0; w < r->nkw; w++) {
+            size_t wl = strlen(r->kw[w]);
+            const char *p = low, *e = low + len;
+            while (p < e && (p = memmem(p, (size_t)(e - p), r->kw[w], wl))) {
+                const char *nl = memchr(p, '\n', (size_t)(e - p));
+                size_t lend = nl ? (size_t)(nl - low) : len;
+                if (n == cap) {
+                    size_t c2 = cap ? 2 * cap : 256;
+                    size_t *v = realloc(ends, c2 * sizeof *v);
+                    if (v == NULL)
+                        goto out;
+                    ends = v;
+                    cap = c2;
+                }
+                ends[n++] = lend;
+                p = low + lend + 1; /* on to the next line */
+            }
+        }
+        /* Each line once per rule, in order, whichever keywords it holds. */
+        if (n > 1)
+            qsort(ends, n, sizeof *ends, cmp_size);
+        for (size_t i = 0; i < n; i++) {
+            if (i > 0 && ends[i] == ends[i - 1])
+                continue;
+            const char *le = buf + ends[i], *ls = le;
+            while (ls > buf && ls[-1] != '\n')
+                ls--;
+            match_line(r, rs->mc, file, &L, &sp, ls, le, fn, arg);
+        }
+    }
+out:
+    free(ends);
+    free(sp.v);
+    free(L.start);
+    free(low);
+    return 0;
+}
+
+/* ---- the command ---- */
+
+typedef struct report {
+    json_t *findings;
+    size_t files, bytes, binary, large;
+    char **ignore;  /* .fuseboxignore lines: fingerprints or path patterns */
+    size_t nignore;
+} report;
+
+static int ignored_path(const report *rp, const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    for (size_t i = 0; i < rp->nignore; i++)
+        if (fnmatch(rp->ignore[i], path, 0) == 0 ||
+            fnmatch(rp->ignore[i], base, 0) == 0)
+            return 1;
+    return 0;
+}
+
+static void on_finding(void *arg, const fb_scan_finding *f)
+{
+    report *rp = arg;
+    for (size_t i = 0; i < rp->nignore; i++)
+        if (strcmp(rp->ignore[i], f->fingerprint) == 0)
+            return;
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s,s:I,s:s,s:s}", "kind",
+                          f->kind, "rule", f->rule, "message", f->desc, "file",
+                          f->file, "line", (json_int_t)f->line, "column",
+                          (json_int_t)f->column, "redacted", f->redacted,
+                          "length", (json_int_t)f->length, "fingerprint",
+                          f->fingerprint, "tier", "blocked");
+    if (o != NULL)
+        json_array_append_new(rp->findings, o);
+}
+
+static int scan_file(const fb_scan_rules *rs, report *rp, const char *root,
+                     const char *rel)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    if (ignored_path(rp, rel))
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return errno == ENOENT ? 0 : -1; /* deleted in the work tree */
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return 0;
+    }
+    if ((uint64_t)st.st_size > MAX_FILE_BYTES) {
+        rp->large++;
+        fclose(f);
+        return 0;
+    }
+    size_t len = (size_t)st.st_size;
+    char *buf = malloc(len ? len : 1);
+    if (buf == NULL || fread(buf, 1, len, f) != len) {
+        free(buf);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    rp->files++;
+    rp->bytes += len;
+    if (fb_scan_buffer(rs, rel, buf, len, on_finding, rp) == 1)
+        rp->binary++;
+    free(buf);
+    return 0;
+}
+
+/* The files git tracks or would track under root (NUL-separated into
+ * *out), or -1 when root is not in a git work tree. */
+static int git_files(const char *root, char **out, size_t *len)
+{
+    char cmd[4200];
+    /* The path is quoted for the shell: ' becomes '\'' */
+    size_t o = (size_t)snprintf(cmd, sizeof cmd, "git -C '");
+    for (const char *p = root; *p && o + 8 < sizeof cmd; p++) {
+        if (*p == '\'') {
+            memcpy(cmd + o, "'\\''", 4);
+            o += 4;
+        } else {
+            cmd[o++] = *p;
+        }
+    }
+    snprintf(cmd + o, sizeof cmd - o,
+             "' ls-files -z --cached --others --exclude-standard "
+             "2>/dev/null");
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return -1;
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    size_t r;
+    while (b && (r = fread(b + n, 1, cap - n, p)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(b, cap * 2);
+            if (nb == NULL) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+            cap *= 2;
+        }
+    }
+    int st = pclose(p);
+    if (b == NULL || st != 0) {
+        free(b);
+        return -1;
+    }
+    *out = b;
+    *len = n;
+    return 0;
+}
+
+static int walk(const fb_scan_rules *rs, report *rp, const char *root,
+                const char *rel)
+{
+    char path[8192];
+    snprintf(path, sizeof path, "%s%s%s", root, rel[0] ? "/" : "", rel);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+            strcmp(e->d_name, ".git") == 0)
+            continue;
+        char sub[4096];
+        snprintf(sub, sizeof sub, "%s%s%s", rel, rel[0] ? "/" : "",
+                 e->d_name);
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", root, sub);
+        if (lstat(path, &st) != 0)
+            continue;
+        if (S_ISDIR(st.st_mode))
+            rc = walk(rs, rp, root, sub);
+        else if (S_ISREG(st.st_mode))
+            rc = scan_file(rs, rp, root, sub);
+    }
+    closedir(d);
+    return rc;
+}
+
+static void load_ignore(report *rp, const char *root)
+{
+    char path[4096], line[1024];
+    snprintf(path, sizeof path, "%s/.fuseboxignore", root);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        char *s = line, *e = line + strlen(line);
+        while (s < e && (*s == ' ' || *s == '\t'))
+            s++;
+        while (e > s && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' '))
+            *--e = '\0';
+        if (s == e || *s == '#')
+            continue;
+        char **v = realloc(rp->ignore, (rp->nignore + 1) * sizeof *v);
+        if (v == NULL)
+            break;
+        rp->ignore = v;
+        if ((rp->ignore[rp->nignore] = strdup(s)) != NULL)
+            rp->nignore++;
+    }
+    fclose(f);
+}
+
+static int read_text(const char *path, char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return -1;
+    size_t cap = 4096, n = 0, r;
+    char *b = malloc(cap);
+    while (b && (r = fread(b + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(b, cap * 2);
+            if (nb == NULL) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+            cap *= 2;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (b == NULL || bad) {
+        free(b);
+        return -1;
+    }
+    *out = b;
+    *len = n;
+    return 0;
+}
+
+int fb_cli_scan(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"format", required_argument, NULL, 'f'},
+        {"fail-on", required_argument, NULL, 'F'},
+        {"rules", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    static const char usage[] =
+        "usage: fusebox scan [PATH] [--format text|json] "
+        "[--fail-on high|blocked|never] [--rules FILE]\n";
+    const char *format = "text", *fail_on = "blocked", *rules_file = NULL;
+    int o, rc = 3;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'f': format = optarg; break;
+        case 'F': fail_on = optarg; break;
+        case 'r': rules_file = optarg; break;
+        case 'h': fputs(usage, stdout); return 0;
+        default: fputs(usage, stderr); return 2;
+        }
+    }
+    int json = strcmp(format, "json") == 0;
+    int fail_rank = strcmp(fail_on, "high") == 0      ? 1
+                    : strcmp(fail_on, "blocked") == 0 ? 2
+                    : strcmp(fail_on, "never") == 0   ? 3
+                                                      : -1;
+    if ((!json && strcmp(format, "text") != 0) || fail_rank < 0 ||
+        argc - optind > 1) {
+        fprintf(stderr, "fusebox scan: %s", usage);
+        return 2;
+    }
+    const char *root = optind < argc ? argv[optind] : ".";
+    struct stat st;
+    if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "fusebox scan: %s is not a directory\n", root);
+        return 3;
+    }
+    fb_scan_rules *rs = fb_scan_rules_builtin();
+    report rp = {.findings = json_array()};
+    char *files = NULL;
+    size_t flen = 0;
+    if (rs == NULL || rp.findings == NULL)
+        goto out;
+    if (rules_file != NULL) {
+        char *text, err[512];
+        size_t len;
+        if (read_text(rules_file, &text, &len) != 0) {
+            fprintf(stderr, "fusebox scan: cannot read %s\n", rules_file);
+            goto out;
+        }
+        fb_err e = fb_scan_rules_load(rs, text, len, rules_file, err,
+                                      sizeof err);
+        free(text);
+        if (e != FB_OK) {
+            fprintf(stderr, "fusebox scan: %s\n", err);
+            rc = 2;
+            goto out;
+        }
+    }
+    load_ignore(&rp, root);
+    int walked;
+    if (git_files(root, &files, &flen) == 0) {
+        walked = 0;
+        for (size_t i = 0; i < flen && walked == 0;) {
+            const char *rel = files + i;
+            size_t l = strnlen(rel, flen - i);
+            walked = scan_file(rs, &rp, root, rel);
+            i += l + 1;
+        }
+    } else {
+        walked = walk(rs, &rp, root, "");
+    }
+    if (walked != 0) {
+        fprintf(stderr, "fusebox scan: cannot read every file under %s\n",
+                root);
+        goto out;
+    }
+    size_t nf = json_array_size(rp.findings);
+    const char *tier = nf > 0 ? "blocked" : "low";
+    int rank = nf > 0 ? 2 : 0;
+    if (json) {
+        json_t *root_j = json_pack(
+            "{s:i,s:s,s:[s],s:O,s:{s:I,s:I,s:I,s:I}}", "version", 1, "tier",
+            tier,
+            "reasons",
+            nf > 0 ? "a live-looking secret: remove it and rotate it"
+                   : "no secret found",
+            "findings", rp.findings, "stats", "files", (json_int_t)rp.files,
+            "bytes", (json_int_t)rp.bytes, "skipped_binary",
+            (json_int_t)rp.binary, "skipped_large", (json_int_t)rp.large);
+        char *t = root_j ? json_dumps(root_j, JSON_INDENT(2)) : NULL;
+        json_decref(root_j);
+        if (t == NULL)
+            goto out;
+        printf("%s\n", t);
+        free(t);
+    } else {
+        size_t i;
+        json_t *x;
+        json_array_foreach(rp.findings, i, x)
+        {
+            printf("%s:%lld:%lld: blocked: %s (%s): %s [%s]\n",
+                   json_string_value(json_object_get(x, "file")),
+                   (long long)json_integer_value(json_object_get(x, "line")),
+                   (long long)json_integer_value(json_object_get(x, "column")),
+                   json_string_value(json_object_get(x, "message")),
+                   json_string_value(json_object_get(x, "rule")),
+                   json_string_value(json_object_get(x, "redacted")),
+                   json_string_value(json_object_get(x, "fingerprint")));
+        }
+        printf("tier: %s (%zu secret%s) in %zu files, %zu bytes\n", tier, nf,
+               nf == 1 ? "" : "s", rp.files, rp.bytes);
+    }
+    rc = rank >= fail_rank ? 1 : 0;
+out:
+    free(files);
+    for (size_t i = 0; i < rp.nignore; i++)
+        free(rp.ignore[i]);
+    free(rp.ignore);
+    json_decref(rp.findings);
+    fb_scan_rules_free(rs);
+    return rc;
+}

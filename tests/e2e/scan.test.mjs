@@ -1,0 +1,151 @@
+// scan.test.mjs - fusebox scan (issue 8, first part: secrets) as a CI job
+// runs it: a git repository with keys in code, in the README and in an
+// untracked .env.example, a key in a .gitignore'd file and one in a binary
+// (both skipped), an inline allow and a .fuseboxignore fingerprint. The
+// fake keys are made here at run time: none is in the repository. Checked:
+// what is found and where, that no output ever holds a whole key, the exit
+// statuses for --fail-on and for bad input.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { run } from './harness.mjs';
+
+const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+// Random each run; drawn again in the rare case it spells a word that
+// marks a placeholder (the scanner rightly skips "...fake..." keys).
+const PLACEHOLDER = /xxxx|fake|sample|dummy|example|your|placeholder|change_?me|redacted|env|config|settings|secret|token|passw|apikey|api_key|vault|param/i;
+function fake(prefix, n, set = ALNUM) {
+  for (;;) {
+    let s = '';
+    for (let i = 0; i < n; i++) s += set[randomInt(set.length)];
+    if (!PLACEHOLDER.test(s)) return prefix + s;
+  }
+}
+
+describe('fusebox scan', () => {
+  let dir, plain, keys;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'fusebox-scan-'));
+    keys = {
+      openai: fake('sk-proj-', 48),
+      anthropic: fake('sk-ant-api03-', 90),
+      github: fake('ghp_', 36),
+      ignoredFile: fake('sk-proj-', 48),
+      binary: fake('sk-proj-', 48),
+      allowed: fake('sk-proj-', 48),
+      byFingerprint: fake('AKIA', 16, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567'),
+    };
+    const git = (...a) => execFileSync('git', ['-C', dir, ...a], { stdio: 'pipe' });
+    git('init', '-q');
+    git('config', 'user.email', 't@example.invalid');
+    git('config', 'user.name', 'test');
+    mkdirSync(join(dir, 'src'));
+    writeFileSync(join(dir, 'src', 'job.py'),
+      `from openai import OpenAI\n\nclient = OpenAI(api_key="${keys.openai}")\n`);
+    writeFileSync(join(dir, 'README.md'),
+      `# My job\n\nSet the key:\n\n    export ANTHROPIC_API_KEY=${keys.anthropic}\n\nThen run it. Docs use sk-... as a placeholder.\n`);
+    writeFileSync(join(dir, 'src', 'allowed.js'),
+      `const k = '${keys.allowed}'; // fusebox:allow (revoked, kept for a test)\n`);
+    writeFileSync(join(dir, 'src', 'aws.cfg'), `aws_access_key_id = ${keys.byFingerprint}\n`);
+    writeFileSync(join(dir, '.gitignore'), 'secrets.local\n');
+    writeFileSync(join(dir, 'secrets.local'), `OPENAI_API_KEY=${keys.ignoredFile}\n`);
+    writeFileSync(join(dir, 'model.bin'), Buffer.concat([Buffer.from([0x7f, 0x45, 0, 0, 0]), Buffer.from(keys.binary)]));
+    git('add', '-A');
+    git('commit', '-q', '-m', 'first');
+    // Untracked but not ignored: scanned too.
+    writeFileSync(join(dir, '.env.example'), `GITHUB_TOKEN=${keys.github}\n`);
+
+    plain = mkdtempSync(join(tmpdir(), 'fusebox-scan-plain-'));
+    writeFileSync(join(plain, 'notes.txt'), `token: ${keys.github}\n`);
+  });
+
+  after(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    if (plain) rmSync(plain, { recursive: true, force: true });
+  });
+
+  const noKeyIn = (text, what) => {
+    for (const [name, k] of Object.entries(keys)) {
+      assert.ok(!text.includes(k), `${what} holds the ${name} key`);
+      assert.ok(!text.includes(k.slice(8)), `${what} holds most of the ${name} key`);
+    }
+  };
+
+  let fpAws;
+  it('finds the keys in code, docs and untracked files, and redacts them', async () => {
+    const r = await run(['scan', dir, '--format', 'json']);
+    assert.equal(r.code, 1, r.stderr);
+    noKeyIn(r.stdout + r.stderr, 'the JSON report');
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.tier, 'blocked');
+    const where = j.findings.map((f) => `${f.file}:${f.line}:${f.rule}`).sort();
+    assert.deepEqual(where, [
+      '.env.example:1:github-token',
+      'README.md:5:anthropic-api-key',
+      'src/aws.cfg:1:aws-access-key-id',
+      'src/job.py:3:openai-api-key',
+    ]);
+    const o = j.findings.find((f) => f.rule === 'openai-api-key');
+    assert.equal(o.redacted, `${keys.openai.slice(0, 4)}...(${keys.openai.length} chars)`);
+    assert.equal(o.length, keys.openai.length);
+    assert.equal(o.column, 26);
+    assert.match(o.fingerprint, /^[0-9a-f]{16}$/);
+    assert.ok(j.stats.files >= 6 && j.stats.skipped_binary === 1, JSON.stringify(j.stats));
+    fpAws = j.findings.find((f) => f.rule === 'aws-access-key-id').fingerprint;
+
+    const t = await run(['scan', dir]);
+    assert.equal(t.code, 1);
+    noKeyIn(t.stdout + t.stderr, 'the text report');
+    assert.match(t.stdout, /^src\/job\.py:3:26: blocked: OpenAI API key \(openai-api-key\): sk-p\.\.\.\(56 chars\) \[[0-9a-f]{16}\]$/m);
+    assert.match(t.stdout, /^tier: blocked \(4 secrets\)/m);
+  });
+
+  it('.fuseboxignore takes fingerprints and paths; the fingerprint is stable', async () => {
+    writeFileSync(join(dir, '.fuseboxignore'), `# reviewed\n${fpAws}\nREADME.md\n.env.*\n`);
+    const r = await run(['scan', dir, '--format', 'json']);
+    const j = JSON.parse(r.stdout);
+    assert.deepEqual(j.findings.map((f) => f.rule), ['openai-api-key']);
+    rmSync(join(dir, '.fuseboxignore'));
+  });
+
+  it('exit statuses follow --fail-on; usage errors and unreadable input have their own', async () => {
+    assert.equal((await run(['scan', dir, '--fail-on', 'never'])).code, 0);
+    assert.equal((await run(['scan', dir, '--fail-on', 'high'])).code, 1);
+    assert.equal((await run(['scan', dir, '--fail-on', 'blocked'])).code, 1);
+    const clean = mkdtempSync(join(tmpdir(), 'fusebox-scan-clean-'));
+    writeFileSync(join(clean, 'a.py'), 'print("hello")\napi_key = os.environ["OPENAI_API_KEY"]\n');
+    const c = await run(['scan', clean, '--format', 'json']);
+    assert.equal(c.code, 0, c.stdout);
+    assert.equal(JSON.parse(c.stdout).tier, 'low');
+    rmSync(clean, { recursive: true, force: true });
+    for (const args of [['--format', 'xml'], ['--fail-on', 'sometimes'], ['a', 'b'], ['--nope']]) {
+      const u = await run(['scan', ...args]);
+      assert.equal(u.code, 2, `${args.join(' ')}: ${u.code}`);
+      assert.equal(u.stdout, '');
+    }
+    const missing = await run(['scan', join(dir, 'no-such-dir')]);
+    assert.equal(missing.code, 3);
+    assert.match(missing.stderr, /is not a directory/);
+  });
+
+  it('a directory outside git is walked; --rules adds rules and a bad file is refused', async () => {
+    const p = await run(['scan', plain, '--format', 'json']);
+    assert.equal(p.code, 1);
+    assert.deepEqual(JSON.parse(p.stdout).findings.map((f) => f.rule), ['github-token']);
+    const rules = join(plain, '..', `fusebox-scan-rules-${process.pid}`);
+    writeFileSync(rules, 'secret internal-token kw=itk_ entropy=3 desc="internal token" re=(itk_[a-z0-9]{24})\n');
+    writeFileSync(join(plain, 'svc.go'), `const t = "${fake('itk_', 24, 'abcdefghijklmnopqrstuvwxyz0123456789')}"\n`);
+    const r = await run(['scan', plain, '--rules', rules, '--format', 'json']);
+    assert.deepEqual(JSON.parse(r.stdout).findings.map((f) => f.rule).sort(), ['github-token', 'internal-token']);
+    writeFileSync(rules, 'secret broken kw=x re=(\n');
+    const b = await run(['scan', plain, '--rules', rules]);
+    assert.equal(b.code, 2);
+    assert.match(b.stderr, /fusebox-scan-rules-\d+:1: bad pattern/);
+    rmSync(rules, { force: true });
+  });
+});

@@ -1,0 +1,320 @@
+/* test_scan.c - the secret rules of fusebox scan: for every rule, a
+ * realistic fake key is found (built here from a PRNG: no real key is in
+ * the repository, and none is written out in full), and its placeholders
+ * and look-alikes are not. Redaction, fingerprints, the prefilter, inline
+ * allows, binary files, and rules from a file. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "scan.h"
+
+/* ---- fake keys ---- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static char rnd_char(const char *set)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return set[rng % strlen(set)];
+}
+
+static const char ALNUM[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+static const char UPNUM[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+static const char HEX[] = "0123456789abcdef";
+static const char URLSAFE[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/* prefix + n characters of set, into a static buffer (one at a time) */
+static const char *fake(const char *prefix, const char *set, int n)
+{
+    static char buf[256];
+    size_t p = strlen(prefix);
+    memcpy(buf, prefix, p);
+    for (int i = 0; i < n; i++)
+        buf[p + (size_t)i] = rnd_char(set);
+    buf[p + (size_t)n] = '\0';
+    return buf;
+}
+
+/* ---- scanning ---- */
+
+typedef struct got {
+    int n;
+    char rule[8][64];
+    char redacted[8][64];
+    char fp[8][17];
+    long line[8], col[8];
+    size_t len[8];
+} got;
+
+static void collect(void *arg, const fb_scan_finding *f)
+{
+    got *g = arg;
+    if (g->n == 8)
+        return;
+    snprintf(g->rule[g->n], sizeof g->rule[0], "%s", f->rule);
+    snprintf(g->redacted[g->n], sizeof g->redacted[0], "%s", f->redacted);
+    memcpy(g->fp[g->n], f->fingerprint, 17);
+    g->line[g->n] = (long)f->line;
+    g->col[g->n] = (long)f->column;
+    g->len[g->n] = f->length;
+    g->n++;
+}
+
+static fb_scan_rules *rules;
+
+static got scan(const char *text)
+{
+    got g = {0};
+    assert_int_equal(fb_scan_buffer(rules, "f.py", text, strlen(text),
+                                    collect, &g),
+                     0);
+    return g;
+}
+
+/* text holds one finding of rule (and it never shows the secret whole) */
+static void found(const char *text, const char *rule, const char *secret)
+{
+    got g = scan(text);
+    if (g.n != 1 || strcmp(g.rule[0], rule) != 0)
+        fail_msg("wanted one %s in\n%s\ngot %d (%s)", rule, text, g.n,
+                 g.n ? g.rule[0] : "-");
+    assert_int_equal(g.len[0], strlen(secret));
+    assert_null(strstr(g.redacted[0], secret));
+    assert_int_equal(strncmp(g.redacted[0], secret, 4), 0);
+}
+
+static void nothing(const char *text)
+{
+    got g = scan(text);
+    if (g.n != 0)
+        fail_msg("wanted nothing in\n%s\ngot %s (%s)", text, g.rule[0],
+                 g.redacted[0]);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    rules = fb_scan_rules_builtin();
+    return rules ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    fb_scan_rules_free(rules);
+    return 0;
+}
+
+static void test_openai(void **state)
+{
+    (void)state;
+    char t[512], key[256];
+    const char *prefixes[] = {"sk-", "sk-proj-", "sk-svcacct-", "sk-admin-"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(key, sizeof key, "%s", fake(prefixes[i], URLSAFE, 48));
+        snprintf(t, sizeof t, "client = OpenAI(api_key=\"%s\")\n", key);
+        found(t, "openai-api-key", key);
+    }
+    nothing("OPENAI_API_KEY=sk-...\n");
+    nothing("export OPENAI_API_KEY=sk-YOUR_API_KEY_GOES_HERE_REPLACE_ME_NOW\n");
+    nothing("key = os.environ[\"OPENAI_API_KEY\"]\n");
+    nothing("sk-short123\n");
+    nothing("risk-assessment-for-the-quarterly-report-2026-final\n");
+}
+
+static void test_anthropic(void **state)
+{
+    (void)state;
+    char t[512], key[256];
+    snprintf(key, sizeof key, "%sAA",
+             fake("sk-ant-api03-", URLSAFE, 93));
+    snprintf(t, sizeof t, "ANTHROPIC_API_KEY=%s\n", key);
+    found(t, "anthropic-api-key", key);
+    snprintf(key, sizeof key, "%s", fake("sk-ant-admin01-", URLSAFE, 80));
+    snprintf(t, sizeof t, "  \"key\": \"%s\",\n", key);
+    found(t, "anthropic-api-key", key);
+    nothing("ANTHROPIC_API_KEY=sk-ant-api03-...\n");
+    nothing("ANTHROPIC_API_KEY=${ANTHROPIC_API_KEY}\n");
+}
+
+static void test_aws_github_slack_stripe_google(void **state)
+{
+    (void)state;
+    char t[512], key[256];
+    snprintf(key, sizeof key, "%s", fake("AKIA", UPNUM, 16));
+    snprintf(t, sizeof t, "aws_access_key_id = %s\n", key);
+    found(t, "aws-access-key-id", key);
+    nothing("aws_access_key_id = AKIAIOSFODNN7EXAMPLE\n");
+    nothing("AKIAXXXXXXXXXXXXXXXX\n");
+
+    const char *gh[] = {"ghp_", "gho_", "ghu_", "ghs_"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(key, sizeof key, "%s", fake(gh[i], ALNUM, 36));
+        snprintf(t, sizeof t, "token: %s\n", key);
+        found(t, "github-token", key);
+    }
+    snprintf(key, sizeof key, "%s", fake("github_pat_", ALNUM, 82));
+    snprintf(t, sizeof t, "GH_TOKEN=%s\n", key);
+    found(t, "github-fine-grained-token", key);
+    nothing("GH_TOKEN=ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n");
+
+    snprintf(key, sizeof key, "%s", fake("xoxb-", "0123456789", 12));
+    size_t k = strlen(key);
+    snprintf(key + k, sizeof key - k, "-%s", fake("", ALNUM, 24));
+    snprintf(t, sizeof t, "slack = \"%s\"\n", key);
+    found(t, "slack-token", key);
+    char hook[256];
+    snprintf(hook, sizeof hook, "https://hooks.slack.com/services/%s",
+             fake("T", UPNUM, 8));
+    k = strlen(hook);
+    snprintf(hook + k, sizeof hook - k, "/%s", fake("B", UPNUM, 10));
+    k = strlen(hook);
+    snprintf(hook + k, sizeof hook - k, "/%s", fake("", ALNUM, 24));
+    snprintf(t, sizeof t, "webhook_url: %s\n", hook);
+    found(t, "slack-webhook", hook);
+    nothing("webhook_url: https://hooks.slack.com/services/T000/B000/XXXX\n");
+
+    snprintf(key, sizeof key, "%s", fake("sk_live_", ALNUM, 24));
+    snprintf(t, sizeof t, "Stripe.api_key = '%s'\n", key);
+    found(t, "stripe-secret-key", key);
+    snprintf(key, sizeof key, "%s", fake("rk_live_", ALNUM, 24));
+    snprintf(t, sizeof t, "STRIPE=%s\n", key);
+    found(t, "stripe-secret-key", key);
+    nothing("Stripe.api_key = 'sk_test_4eC39HqLyjWDarjtT1zdp7dc'\n");
+
+    snprintf(key, sizeof key, "%s", fake("AIza", URLSAFE, 35));
+    snprintf(t, sizeof t, "const GOOGLE = \"%s\";\n", key);
+    found(t, "google-api-key", key);
+    nothing("const GOOGLE = \"AIzaYOUR_KEY\";\n");
+}
+
+static void test_twilio_private_generic(void **state)
+{
+    (void)state;
+    char t[512], key[256];
+    snprintf(key, sizeof key, "%s", fake("", HEX, 32));
+    snprintf(t, sizeof t, "TWILIO_AUTH_TOKEN=%s\n", key);
+    found(t, "twilio-api-key", key);
+    nothing("TWILIO_AUTH_TOKEN=your_auth_token\n");
+
+    /* fusebox:allow below: the scanner reads this file too */
+    found("-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n", /* fusebox:allow */
+          "private-key", "RSA PRIVATE KEY");
+    found("-----BEGIN OPENSSH PRIVATE KEY-----\n", /* fusebox:allow */
+          "private-key", "OPENSSH PRIVATE KEY");
+    nothing("-----BEGIN PUBLIC KEY-----\n");
+
+    snprintf(key, sizeof key, "%s", fake("", ALNUM, 32));
+    snprintf(t, sizeof t, "db_password = \"%s\"\n", key);
+    found(t, "generic-secret", key);
+    snprintf(t, sizeof t, "MY_SERVICE_TOKEN: %s\n", key);
+    found(t, "generic-secret", key);
+    nothing("api_key = \"YOUR_API_KEY\"\n");
+    nothing("api_key = \"<key>\"\n");
+    nothing("token = \"${OPENAI_API_KEY}\"\n");
+    nothing("password = \"correct-horse-battery-staple\"\n"); /* words */
+    nothing("secret_key = settings.DJANGO_SECRET_KEY_VALUE\n");
+    nothing("token = \"aaaaaaaaaaaaaaaaaaaaaaaa1\"\n"); /* no entropy */
+}
+
+static void test_positions_allow_binary(void **state)
+{
+    (void)state;
+    char t[512], key[256];
+    snprintf(key, sizeof key, "%s", fake("sk-proj-", URLSAFE, 48));
+    snprintf(t, sizeof t, "line one\n\nx = '%s'\n", key);
+    got g = scan(t);
+    assert_int_equal(g.n, 1);
+    assert_int_equal(g.line[0], 3);
+    assert_int_equal(g.col[0], 6);
+    /* The same secret at the same place: the same fingerprint. */
+    got g2 = scan(t);
+    assert_string_equal(g.fp[0], g2.fp[0]);
+    assert_int_equal(strlen(g.fp[0]), 16);
+    /* Inline allow */
+    snprintf(t, sizeof t, "x = '%s'  # fusebox:allow (a revoked test key)\n",
+             key);
+    nothing(t);
+    /* Binary: a NUL early on */
+    char bin[128] = "\x7f"
+                    "ELF\0\0\0";
+    size_t bl = 7;
+    bl += (size_t)snprintf(bin + bl, sizeof bin - bl, "%s", key);
+    got gb = {0};
+    assert_int_equal(fb_scan_buffer(rules, "a.out", bin, bl, collect, &gb),
+                     1);
+    assert_int_equal(gb.n, 0);
+    /* Keywords in any case: a key in upper case is still checked. */
+    snprintf(key, sizeof key, "%s", fake("AKIA", UPNUM, 16));
+    snprintf(t, sizeof t, "KEY_ID=%s\n", key);
+    found(t, "aws-access-key-id", key);
+}
+
+static void test_rules_file(void **state)
+{
+    (void)state;
+    char err[256];
+    size_t n0 = fb_scan_rules_count(rules);
+    static const char add[] =
+        "# ours\n"
+        "secret acme-token kw=acme_ entropy=3 desc=\"ACME token\" "
+        "re=(acme_[a-z0-9]{20})\n"
+        "secret google-api-key kw=aiza entropy=6 re=(AIza[0-9A-Za-z_-]{35})\n";
+    assert_int_equal(fb_scan_rules_load(rules, add, strlen(add), "mine.rules",
+                                        err, sizeof err),
+                     FB_OK);
+    assert_int_equal(fb_scan_rules_count(rules), n0 + 1); /* one replaced */
+    char t[256], key[64];
+    snprintf(key, sizeof key, "%s", fake("acme_", "abcdefghij0123456789", 20));
+    snprintf(t, sizeof t, "X=%s\n", key);
+    found(t, "acme-token", key);
+    /* google-api-key now wants entropy 6: more than 39 characters hold */
+    snprintf(t, sizeof t, "G=%s\n", fake("AIza", URLSAFE, 35));
+    nothing(t);
+
+    static const struct {
+        const char *text, *err;
+    } bad[] = {
+        {"secret x kw=a re=(\n", "mine.rules:1: bad pattern"},
+        {"secret x re=abc\n", "mine.rules:1: a rule needs kw= and re="},
+        {"paid x kw=a re=b\n", "mine.rules:1: unknown kind 'paid'"},
+        {"secret x kw=a nope=1 re=b\n", "mine.rules:1: unknown key 'nope'"},
+        {"secret x kw=a entropy=many re=b\n", "mine.rules:1: entropy"},
+        {"\nsecret\n", "mine.rules:2: expected KIND ID"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        fb_scan_rules *r = fb_scan_rules_builtin();
+        err[0] = '\0';
+        assert_int_equal(fb_scan_rules_load(r, bad[i].text,
+                                            strlen(bad[i].text), "mine.rules",
+                                            err, sizeof err),
+                         FB_EINVAL);
+        if (strstr(err, bad[i].err) == NULL)
+            fail_msg("%s: got \"%s\"", bad[i].text, err);
+        fb_scan_rules_free(r);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_openai),
+        cmocka_unit_test(test_anthropic),
+        cmocka_unit_test(test_aws_github_slack_stripe_google),
+        cmocka_unit_test(test_twilio_private_generic),
+        cmocka_unit_test(test_positions_allow_binary),
+        cmocka_unit_test(test_rules_file),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
