@@ -174,7 +174,12 @@ static int parse_line(const char *s, const char *end, rule *r, char *why,
             }
             r->weak = strcmp(val, "yes") == 0;
         } else if (strcmp(key, "desc") == 0) {
-            snprintf(r->desc, sizeof r->desc, "%s", val);
+            if (strlen(val) >= sizeof r->desc) {
+                snprintf(why, whycap, "desc longer than %zu bytes",
+                         sizeof r->desc - 1);
+                return -1;
+            }
+            memcpy(r->desc, val, strlen(val) + 1);
         } else if (strcmp(key, "re") == 0) {
             int ec;
             PCRE2_SIZE off;
