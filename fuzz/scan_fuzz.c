@@ -3,8 +3,9 @@
  *   RULES "\n%%\n" FILE   (or only FILE, scanned with the built-in rules)
  * RULES is loaded over the built-in set (a bad file must be refused with a
  * reason, not crash), then FILE is scanned. Checked: every finding lies in
- * the file (its line and column exist), its redaction shows at most four
- * characters of the secret and the length, the fingerprint is 16 hex
+ * the file (its line and column exist), a secret's redaction shows at
+ * most four characters of it and the length (other findings a short
+ * printable excerpt), the fingerprint is 16 hex
  * digits, and scanning twice gives the same findings. Any crash, sanitizer
  * report, trap or timeout (a pattern that backtracks without end must hit
  * the match limit) is a finding.
@@ -42,9 +43,15 @@ static void on(void *arg, const fb_scan_finding *f)
     CHECK(strlen(f->fingerprint) == 16);
     for (int i = 0; i < 16; i++)
         CHECK(strchr("0123456789abcdef", f->fingerprint[i]) != NULL);
-    /* "ABCD...(N chars)": at most 4 characters of the secret, then ... */
-    const char *dots = strstr(f->redacted, "...(");
-    CHECK(dots != NULL && dots - f->redacted <= 4);
+    if (strcmp(f->kind, "secret") == 0) {
+        /* "ABCD...(N chars)": at most 4 characters of the secret */
+        const char *dots = strstr(f->redacted, "...(");
+        CHECK(dots != NULL && dots - f->redacted <= 4);
+    } else { /* what was seen: short and printable */
+        CHECK(strlen(f->redacted) < 48);
+        for (const char *c = f->redacted; *c; c++)
+            CHECK(*c >= 0x20 && *c < 0x7f);
+    }
     s->sum += (unsigned long)f->line * 31u + (unsigned long)f->column * 7u +
               f->length;
     s->n++;

@@ -31,6 +31,8 @@ typedef struct rule {
     char desc[160];
     char kw[MAX_KW][32];
     size_t nkw;
+    char path[MAX_KW][64]; /* migration rules: file name patterns */
+    size_t npath;
     double entropy;
     int weak; /* reported only where no other rule found a secret */
     pcre2_code *re;
@@ -132,8 +134,11 @@ static int parse_line(const char *s, const char *end, rule *r, char *why,
         memcpy(dst, w, (size_t)(p - w));
         dst[p - w] = '\0';
     }
-    if (strcmp(r->kind, "secret") != 0) {
-        snprintf(why, whycap, "unknown kind '%s' (secret)", r->kind);
+    if (strcmp(r->kind, "secret") != 0 && strcmp(r->kind, "paid") != 0 &&
+        strcmp(r->kind, "schema") != 0 && strcmp(r->kind, "migration") != 0) {
+        snprintf(why, whycap,
+                 "unknown kind '%s' (secret, paid, schema, migration)",
+                 r->kind);
         return -1;
     }
     r->entropy = 0;
@@ -166,6 +171,16 @@ static int parse_line(const char *s, const char *end, rule *r, char *why,
             if (*e != '\0' || r->entropy < 0 || r->entropy > 8) {
                 snprintf(why, whycap, "entropy is a number of bits 0-8");
                 return -1;
+            }
+        } else if (strcmp(key, "path") == 0) {
+            char *save = NULL;
+            for (char *w = strtok_r(val, ",", &save); w;
+                 w = strtok_r(NULL, ",", &save)) {
+                if (r->npath == MAX_KW || strlen(w) >= sizeof r->path[0]) {
+                    snprintf(why, whycap, "too many or too long paths");
+                    return -1;
+                }
+                strcpy(r->path[r->npath++], w);
             }
         } else if (strcmp(key, "weak") == 0) {
             if (strcmp(val, "yes") != 0 && strcmp(val, "no") != 0) {
@@ -201,11 +216,19 @@ static int parse_line(const char *s, const char *end, rule *r, char *why,
             }
         } else {
             snprintf(why, whycap,
-                     "unknown key '%s' (kw, entropy, weak, desc, re)", key);
+                     "unknown key '%s' (kw, path, entropy, weak, desc, re)",
+                     key);
             return -1;
         }
     }
-    if (r->re == NULL || r->nkw == 0) {
+    if (strcmp(r->kind, "migration") == 0) {
+        if (r->npath == 0 || r->re != NULL || r->nkw != 0) {
+            rule_clear(r);
+            snprintf(why, whycap, "a migration rule takes path=, not kw= "
+                                  "or re=");
+            return -1;
+        }
+    } else if (r->re == NULL || r->nkw == 0) {
         rule_clear(r);
         snprintf(why, whycap, "a rule needs kw= and re=");
         return -1;
@@ -356,6 +379,7 @@ static int placeholder(const rule *r, const char *s, size_t n)
 typedef struct lines {
     const char *buf;
     size_t len;
+    const char *via; /* paid calls in this file: "fusebox" or "direct" */
     size_t *start; /* offsets of line starts, built on first use */
     size_t n;
 } lines;
@@ -468,7 +492,8 @@ static void match_line(const rule *r, pcre2_match_context *mc,
         const char *sec = ls + so;
         size_t sl = eo - so;
         size_t abs = (size_t)(sec - L->buf);
-        if (sl > 0 && !placeholder(r, sec, sl) &&
+        int secret = strcmp(r->kind, "secret") == 0;
+        if (sl > 0 && (!secret || !placeholder(r, sec, sl)) &&
             (r->entropy <= 0 || entropy(sec, sl) >= r->entropy) &&
             !(r->weak && overlaps(sp, abs, abs + sl))) {
             span_add(sp, abs, abs + sl);
@@ -476,14 +501,48 @@ static void match_line(const rule *r, pcre2_match_context *mc,
                                  .rule = r->id,
                                  .desc = r->desc,
                                  .file = file,
-                                 .length = sl};
+                                 .length = sl,
+                                 .via = L->via};
             f.line = line_of(L, (size_t)(sec - L->buf), &f.column);
-            snprintf(f.redacted, sizeof f.redacted, "%.*s...(%zu chars)",
-                     (int)(sl < 4 ? sl : 4), sec, sl);
+            if (secret) /* never the secret: 4 characters and the length */
+                snprintf(f.redacted, sizeof f.redacted, "%.*s...(%zu chars)",
+                         (int)(sl < 4 ? sl : 4), sec, sl);
+            else /* what was seen, printable, cut short */
+                for (size_t i = 0, o = 0; i < sl && o + 1 < 48; i++)
+                    f.redacted[o++] = sec[i] >= 0x20 && sec[i] < 0x7f
+                                          ? sec[i]
+                                          : '?';
             fingerprint(r->id, file, f.line, sec, sl, f.fingerprint);
             fn(arg, &f);
         }
         start = ov[1] > ov[0] ? ov[1] : ov[0] + 1;
+    }
+}
+
+void fb_scan_path(const fb_scan_rules *rs, const char *file,
+                  void (*fn)(void *arg, const fb_scan_finding *f), void *arg)
+{
+    const char *base = strrchr(file, '/');
+    base = base ? base + 1 : file;
+    for (size_t k = 0; k < rs->n; k++) {
+        const rule *r = &rs->v[k];
+        for (size_t i = 0; i < r->npath; i++) {
+            /* a pattern with a / is matched against the whole path */
+            const char *subject = strchr(r->path[i], '/') ? file : base;
+            if (fnmatch(r->path[i], subject, 0) != 0)
+                continue;
+            fb_scan_finding f = {.kind = r->kind,
+                                 .rule = r->id,
+                                 .desc = r->desc,
+                                 .file = file,
+                                 .line = 1,
+                                 .column = 1,
+                                 .length = strlen(file)};
+            snprintf(f.redacted, sizeof f.redacted, "%s", base);
+            fingerprint(r->id, file, 1, file, strlen(file), f.fingerprint);
+            fn(arg, &f);
+            return; /* one family per file: the first that knows it */
+        }
     }
 }
 
@@ -503,13 +562,22 @@ int fb_scan_buffer(const fb_scan_rules *rs, const char *file, const char *buf,
         char c = buf[i];
         low[i] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
     }
-    lines L = {.buf = buf, .len = len};
+    /* Paid calls in a file that names the gateway (a base URL from the
+     * environment, FUSEBOX_URL, the default port) go through fusebox. */
+    static const char *const gateway[] = {"openai_base_url",
+                                          "anthropic_base_url", "fusebox_url",
+                                          "fusebox", ":8787"};
+    const char *via = "direct";
+    for (size_t i = 0; i < sizeof gateway / sizeof gateway[0]; i++)
+        if (memmem(low, len, gateway[i], strlen(gateway[i])) != NULL)
+            via = "fusebox";
+    lines L = {.buf = buf, .len = len, .via = via};
     spans sp = {0};
     size_t cap = 0, n = 0, *ends = NULL; /* the lines to match: their ends */
     /* The specific rules first, then the weak ones (which may only add). */
     for (size_t k2 = 0; k2 < 2 * rs->n; k2++) {
         const rule *r = &rs->v[k2 % rs->n];
-        if (r->weak != (k2 >= rs->n))
+        if (r->weak != (k2 >= rs->n) || r->re == NULL)
             continue;
         n = 0;
         for (size_t w = 0; w < r->nkw; w++) {
@@ -576,12 +644,16 @@ static void on_finding(void *arg, const fb_scan_finding *f)
     for (size_t i = 0; i < rp->nignore; i++)
         if (strcmp(rp->ignore[i], f->fingerprint) == 0)
             return;
+    int secret = strcmp(f->kind, "secret") == 0;
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s,s:I,s:s,s:s}", "kind",
                           f->kind, "rule", f->rule, "message", f->desc, "file",
                           f->file, "line", (json_int_t)f->line, "column",
-                          (json_int_t)f->column, "redacted", f->redacted,
-                          "length", (json_int_t)f->length, "fingerprint",
-                          f->fingerprint, "tier", "blocked");
+                          (json_int_t)f->column, secret ? "redacted" : "match",
+                          f->redacted, "length", (json_int_t)f->length,
+                          "fingerprint", f->fingerprint, "tier",
+                          secret ? "blocked" : "high");
+    if (o != NULL && f->via != NULL && strcmp(f->kind, "paid") == 0)
+        json_object_set_new(o, "via", json_string(f->via));
     if (o != NULL)
         json_array_append_new(rp->findings, o);
 }
@@ -616,6 +688,7 @@ static int scan_file(const fb_scan_rules *rs, report *rp, const char *root,
     fclose(f);
     rp->files++;
     rp->bytes += len;
+    fb_scan_path(rs, rel, on_finding, rp);
     if (fb_scan_buffer(rs, rel, buf, len, on_finding, rp) == 1)
         rp->binary++;
     free(buf);
@@ -834,19 +907,64 @@ int fb_cli_scan(int argc, char **argv)
                 root);
         goto out;
     }
-    size_t nf = json_array_size(rp.findings);
-    const char *tier = nf > 0 ? "blocked" : "low";
-    int rank = nf > 0 ? 2 : 0;
+    /* The tier and its reasons. */
+    size_t nf = json_array_size(rp.findings), nsecret = 0, npaid = 0,
+           ndirect = 0, nschema = 0, i;
+    json_t *x, *reasons = json_array();
+    json_array_foreach(rp.findings, i, x)
+    {
+        const char *k = json_string_value(json_object_get(x, "kind"));
+        const char *via = json_string_value(json_object_get(x, "via"));
+        nsecret += strcmp(k, "secret") == 0;
+        npaid += strcmp(k, "paid") == 0;
+        ndirect += via != NULL && strcmp(via, "direct") == 0;
+        nschema += strcmp(k, "schema") == 0 || strcmp(k, "migration") == 0;
+    }
+    const char *tier = nsecret   ? "blocked"
+                       : npaid || nschema ? "high"
+                                          : "low";
+    int rank = nsecret ? 2 : npaid || nschema ? 1 : 0;
+    char why[256];
+    if (nsecret) {
+        snprintf(why, sizeof why,
+                 "%zu live-looking secret%s: remove, rotate, then ship",
+                 nsecret, nsecret == 1 ? "" : "s");
+        json_array_append_new(reasons, json_string(why));
+    }
+    if (npaid) {
+        snprintf(why, sizeof why,
+                 "%zu paid API call site%s: run it in staging under a "
+                 "budget, and have an engineer review it",
+                 npaid, npaid == 1 ? "" : "s");
+        json_array_append_new(reasons, json_string(why));
+    }
+    if (ndirect) {
+        snprintf(why, sizeof why,
+                 "%zu of them call the provider directly, not through "
+                 "fusebox: set OPENAI_BASE_URL (or ANTHROPIC_BASE_URL) to "
+                 "the gateway",
+                 ndirect);
+        json_array_append_new(reasons, json_string(why));
+    }
+    if (nschema) {
+        snprintf(why, sizeof why,
+                 "%zu schema change%s: apply the migration before the code "
+                 "that needs it is deployed (fusebox run --preflight)",
+                 nschema, nschema == 1 ? "" : "s");
+        json_array_append_new(reasons, json_string(why));
+    }
+    if (nf == 0)
+        json_array_append_new(reasons,
+                              json_string("no secret, paid call or schema "
+                                          "change: fast lane"));
     if (json) {
         json_t *root_j = json_pack(
-            "{s:i,s:s,s:[s],s:O,s:{s:I,s:I,s:I,s:I}}", "version", 1, "tier",
-            tier,
-            "reasons",
-            nf > 0 ? "a live-looking secret: remove it and rotate it"
-                   : "no secret found",
-            "findings", rp.findings, "stats", "files", (json_int_t)rp.files,
-            "bytes", (json_int_t)rp.bytes, "skipped_binary",
-            (json_int_t)rp.binary, "skipped_large", (json_int_t)rp.large);
+            "{s:i,s:s,s:o,s:O,s:{s:I,s:I,s:I,s:I}}", "version", 1, "tier",
+            tier, "reasons", reasons, "findings", rp.findings, "stats",
+            "files", (json_int_t)rp.files, "bytes", (json_int_t)rp.bytes,
+            "skipped_binary", (json_int_t)rp.binary, "skipped_large",
+            (json_int_t)rp.large);
+        reasons = NULL; /* the root owns it */
         char *t = root_j ? json_dumps(root_j, JSON_INDENT(2)) : NULL;
         json_decref(root_j);
         if (t == NULL)
@@ -854,27 +972,37 @@ int fb_cli_scan(int argc, char **argv)
         printf("%s\n", t);
         free(t);
     } else {
-        size_t i;
-        json_t *x;
         json_array_foreach(rp.findings, i, x)
         {
-            printf("%s:%lld:%lld: blocked: %s (%s): %s [%s]\n",
+            const char *k = json_string_value(json_object_get(x, "kind"));
+            const char *via = json_string_value(json_object_get(x, "via"));
+            int sec = strcmp(k, "secret") == 0;
+            printf("%s:%lld:%lld: %s: %s (%s): %s%s%s [%s]\n",
                    json_string_value(json_object_get(x, "file")),
                    (long long)json_integer_value(json_object_get(x, "line")),
                    (long long)json_integer_value(json_object_get(x, "column")),
+                   sec ? "blocked" : "high",
                    json_string_value(json_object_get(x, "message")),
                    json_string_value(json_object_get(x, "rule")),
-                   json_string_value(json_object_get(x, "redacted")),
+                   json_string_value(json_object_get(x, sec ? "redacted"
+                                                            : "match")),
+                   via ? ", via " : "", via ? via : "",
                    json_string_value(json_object_get(x, "fingerprint")));
         }
-        printf("tier: %s (%zu secret%s) in %zu files, %zu bytes\n", tier, nf,
-               nf == 1 ? "" : "s", rp.files, rp.bytes);
+        printf("tier: %s (%zu secret%s, %zu paid call site%s, %zu schema "
+               "change%s) in %zu files, %zu bytes\n",
+               tier, nsecret, nsecret == 1 ? "" : "s", npaid,
+               npaid == 1 ? "" : "s", nschema, nschema == 1 ? "" : "s",
+               rp.files, rp.bytes);
+        json_array_foreach(reasons, i, x)
+            printf("  %s\n", json_string_value(x));
     }
+    json_decref(reasons);
     rc = rank >= fail_rank ? 1 : 0;
 out:
     free(files);
-    for (size_t i = 0; i < rp.nignore; i++)
-        free(rp.ignore[i]);
+    for (size_t k = 0; k < rp.nignore; k++)
+        free(rp.ignore[k]);
     free(rp.ignore);
     json_decref(rp.findings);
     fb_scan_rules_free(rs);

@@ -1,5 +1,6 @@
-/* scan.h - fusebox scan: what a repository is about to ship (issue 8).
- * This first part finds secrets: rules as data (data/scan.rules, compiled
+/* scan.h - fusebox scan: what a repository is about to ship (issue 8):
+ * secrets (tier blocked), paid API calls and schema changes (tier high).
+ * Secrets: rules as data (data/scan.rules, compiled
  * in; --rules adds), a keyword prefilter, then the rule's PCRE2 pattern,
  * then the secret's entropy and the placeholder list, then the allowlists
  * (an inline "fusebox:allow", and .fuseboxignore: fingerprints and path
@@ -24,15 +25,21 @@ void fb_scan_rules_free(fb_scan_rules *r);
 size_t fb_scan_rules_count(const fb_scan_rules *r);
 
 typedef struct fb_scan_finding {
-    const char *kind;    /* "secret" */
+    const char *kind;    /* "secret", "paid", "schema" or "migration" */
     const char *rule;    /* its id */
     const char *desc;
     const char *file;
     int64_t line, column; /* 1-based */
-    char redacted[64];    /* "sk-p...(51 chars)" */
-    size_t length;        /* of the secret */
+    char redacted[64];    /* a secret: "sk-p...(51 chars)"; else what was
+                             seen, cut short */
+    size_t length;        /* of the match */
     char fingerprint[17]; /* 16 hex digits */
+    const char *via;      /* paid: "fusebox" or "direct" */
 } fb_scan_finding;
+
+/* The migration rules whose path patterns match file: a finding each. */
+void fb_scan_path(const fb_scan_rules *r, const char *file,
+                  void (*fn)(void *arg, const fb_scan_finding *f), void *arg);
 
 /* Scan one file's bytes (named file, as reported) and call fn for each
  * finding not allowed inline. Binary content (a NUL in the first 8 KiB)

@@ -83,7 +83,7 @@ describe('fusebox scan', () => {
     noKeyIn(r.stdout + r.stderr, 'the JSON report');
     const j = JSON.parse(r.stdout);
     assert.equal(j.tier, 'blocked');
-    const where = j.findings.map((f) => `${f.file}:${f.line}:${f.rule}`).sort();
+    const where = j.findings.filter((f) => f.kind === 'secret').map((f) => `${f.file}:${f.line}:${f.rule}`).sort();
     assert.deepEqual(where, [
       '.env.example:1:github-token',
       'README.md:5:anthropic-api-key',
@@ -102,15 +102,41 @@ describe('fusebox scan', () => {
     assert.equal(t.code, 1);
     noKeyIn(t.stdout + t.stderr, 'the text report');
     assert.match(t.stdout, /^src\/job\.py:3:26: blocked: OpenAI API key \(openai-api-key\): sk-p\.\.\.\(56 chars\) \[[0-9a-f]{16}\]$/m);
-    assert.match(t.stdout, /^tier: blocked \(4 secrets\)/m);
+    assert.match(t.stdout, /^tier: blocked \(4 secrets, 2 paid call sites, 0 schema changes\)/m);
   });
 
   it('.fuseboxignore takes fingerprints and paths; the fingerprint is stable', async () => {
     writeFileSync(join(dir, '.fuseboxignore'), `# reviewed\n${fpAws}\nREADME.md\n.env.*\n`);
     const r = await run(['scan', dir, '--format', 'json']);
     const j = JSON.parse(r.stdout);
-    assert.deepEqual(j.findings.map((f) => f.rule), ['openai-api-key']);
+    assert.deepEqual(j.findings.filter((f) => f.kind === 'secret').map((f) => f.rule), ['openai-api-key']);
     rmSync(join(dir, '.fuseboxignore'));
+  });
+
+  it('paid calls and schema changes: tier high, with reasons; direct calls are called out', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'fusebox-scan-high-'));
+    mkdirSync(join(d, 'jobs'));
+    mkdirSync(join(d, 'db', 'migrate'), { recursive: true });
+    writeFileSync(join(d, 'jobs', 'direct.py'), 'from openai import OpenAI\nclient = OpenAI()\n');
+    writeFileSync(join(d, 'jobs', 'gated.js'),
+      "import Anthropic from '@anthropic-ai/sdk';\nconst c = new Anthropic({ baseURL: process.env.ANTHROPIC_BASE_URL });\n");
+    writeFileSync(join(d, 'db', 'migrate', '20261128_add_summary.rb'), 'class AddSummary < ActiveRecord::Migration[7.1]\nend\n');
+    writeFileSync(join(d, 'jobs', 'report.py'), 'db.execute("ALTER TABLE reports ADD COLUMN summary TEXT")\n');
+    const r = await run(['scan', d, '--format', 'json']);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.tier, 'high');
+    assert.equal(r.code, 0, 'high is under the default --fail-on blocked');
+    const paid = j.findings.filter((f) => f.kind === 'paid');
+    assert.deepEqual([...new Set(paid.map((f) => `${f.file}:${f.via}`))].sort(),
+      ['jobs/direct.py:direct', 'jobs/gated.js:fusebox']);
+    assert.ok(j.findings.some((f) => f.kind === 'migration' && f.rule === 'rails'));
+    assert.ok(j.findings.some((f) => f.kind === 'schema' && f.file === 'jobs/report.py'));
+    assert.ok(j.reasons.some((x) => /paid API call site/.test(x)));
+    assert.ok(j.reasons.some((x) => /directly, not through fusebox/.test(x)));
+    assert.ok(j.reasons.some((x) => /apply the migration before the code/.test(x)));
+    assert.equal((await run(['scan', d, '--fail-on', 'high'])).code, 1);
+    assert.equal((await run(['scan', d, '--fail-on', 'blocked'])).code, 0);
+    rmSync(d, { recursive: true, force: true });
   });
 
   it('exit statuses follow --fail-on; usage errors and unreadable input have their own', async () => {

@@ -55,6 +55,8 @@ typedef struct got {
     char fp[8][17];
     long line[8], col[8];
     size_t len[8];
+    char via[8][16];
+    char kind[8][16];
 } got;
 
 static void collect(void *arg, const fb_scan_finding *f)
@@ -68,6 +70,8 @@ static void collect(void *arg, const fb_scan_finding *f)
     g->line[g->n] = (long)f->line;
     g->col[g->n] = (long)f->column;
     g->len[g->n] = f->length;
+    snprintf(g->via[g->n], sizeof g->via[0], "%s", f->via ? f->via : "");
+    snprintf(g->kind[g->n], sizeof g->kind[0], "%s", f->kind);
     g->n++;
 }
 
@@ -82,24 +86,41 @@ static got scan(const char *text)
     return g;
 }
 
-/* text holds one finding of rule (and it never shows the secret whole) */
+/* text holds one secret, found by rule (and never shown whole); paid or
+ * schema findings on the same lines do not count here */
 static void found(const char *text, const char *rule, const char *secret)
 {
     got g = scan(text);
-    if (g.n != 1 || strcmp(g.rule[0], rule) != 0)
-        fail_msg("wanted one %s in\n%s\ngot %d (%s)", rule, text, g.n,
-                 g.n ? g.rule[0] : "-");
-    assert_int_equal(g.len[0], strlen(secret));
-    assert_null(strstr(g.redacted[0], secret));
-    assert_int_equal(strncmp(g.redacted[0], secret, 4), 0);
+    int at = -1, secrets = 0;
+    for (int i = 0; i < g.n; i++)
+        if (strcmp(g.kind[i], "secret") == 0) {
+            secrets++;
+            at = i;
+        }
+    if (secrets != 1 || strcmp(g.rule[at], rule) != 0)
+        fail_msg("wanted one %s in\n%s\ngot %d secrets (%s)", rule, text,
+                 secrets, at >= 0 ? g.rule[at] : "-");
+    assert_int_equal(g.len[at], strlen(secret));
+    assert_null(strstr(g.redacted[at], secret));
+    assert_int_equal(strncmp(g.redacted[at], secret, 4), 0);
 }
 
+/* no secret in text */
 static void nothing(const char *text)
 {
     got g = scan(text);
+    for (int i = 0; i < g.n; i++)
+        if (strcmp(g.kind[i], "secret") == 0)
+            fail_msg("wanted nothing in\n%s\ngot %s (%s)", text, g.rule[i],
+                     g.redacted[i]);
+}
+
+/* nothing at all in text */
+static void none(const char *text)
+{
+    got g = scan(text);
     if (g.n != 0)
-        fail_msg("wanted nothing in\n%s\ngot %s (%s)", text, g.rule[0],
-                 g.redacted[0]);
+        fail_msg("wanted no finding in\n%s\ngot %s", text, g.rule[0]);
 }
 
 static int setup(void **state)
@@ -288,7 +309,9 @@ static void test_rules_file(void **state)
     } bad[] = {
         {"secret x kw=a re=(\n", "mine.rules:1: bad pattern"},
         {"secret x re=abc\n", "mine.rules:1: a rule needs kw= and re="},
-        {"paid x kw=a re=b\n", "mine.rules:1: unknown kind 'paid'"},
+        {"bogus x kw=a re=b\n", "mine.rules:1: unknown kind 'bogus'"},
+        {"migration x kw=a re=b\n",
+         "mine.rules:1: a migration rule takes path=, not kw= or re="},
         {"secret x kw=a nope=1 re=b\n", "mine.rules:1: unknown key 'nope'"},
         {"secret x kw=a entropy=many re=b\n", "mine.rules:1: entropy"},
         {"\nsecret\n", "mine.rules:2: expected KIND ID"},
@@ -306,6 +329,99 @@ static void test_rules_file(void **state)
     }
 }
 
+/* text holds a finding of rule (among others maybe), with its via */
+static void has(const char *text, const char *rule)
+{
+    got g = scan(text);
+    for (int i = 0; i < g.n; i++)
+        if (strcmp(g.rule[i], rule) == 0)
+            return;
+    fail_msg("wanted %s in\n%s\ngot %d findings (%s)", rule, text, g.n,
+             g.n ? g.rule[0] : "-");
+}
+
+static void test_paid_apis(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text, *rule;
+    } yes[] = {
+        {"from openai import OpenAI\n", "openai-sdk"},
+        {"import openai\n", "openai-sdk"},
+        {"const OpenAI = require('openai');\n", "openai-sdk"},
+        {"import OpenAI from \"openai\";\n", "openai-sdk"},
+        {"client := openai.NewClient() // github.com/openai/openai-go\n",
+         "openai-sdk"},
+        {"gem 'ruby-openai'\n", "openai-sdk"},
+        {"curl https://api.openai.com/v1/chat/completions\n", "openai-sdk"},
+        {"import anthropic\n", "anthropic-sdk"},
+        {"import Anthropic from '@anthropic-ai/sdk';\n", "anthropic-sdk"},
+        {"import com.anthropic.client.AnthropicClient;\n", "anthropic-sdk"},
+        {"import google.generativeai as genai\n", "gemini-sdk"},
+        {"from google import genai\n", "gemini-sdk"},
+        {"import { GoogleGenerativeAI } from \"@google/generative-ai\";\n",
+         "gemini-sdk"},
+        {"from mistralai import Mistral\n", "mistral-sdk"},
+        {"import cohere\n", "cohere-sdk"},
+        {"from tavily import TavilyClient\n", "tavily-sdk"},
+        {"from serpapi import GoogleSearch\n", "serpapi-sdk"},
+        {"from twilio.rest import Client\n", "twilio-sdk"},
+        {"const sg = require('@sendgrid/mail');\n", "sendgrid-sdk"},
+        {"import stripe\n", "stripe-sdk"},
+        {"  \"cells\": [{\"source\": [\"from openai import OpenAI\\n\"]}]\n",
+         "openai-sdk"}, /* a notebook */
+    };
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        has(yes[i].text, yes[i].rule);
+    none("# we compared openai and anthropic pricing last year\n");
+    none("stripes = ['red', 'white']\n");
+    none("twilight = True\n");
+
+    /* via: the file names the gateway, or not */
+    got g = scan("from openai import OpenAI\nclient = OpenAI()\n");
+    assert_true(g.n >= 1);
+    assert_string_equal(g.via[0], "direct");
+    g = scan("import os\nfrom openai import OpenAI\n"
+             "client = OpenAI(base_url=os.environ['OPENAI_BASE_URL'])\n");
+    assert_true(g.n >= 1);
+    assert_string_equal(g.via[0], "fusebox");
+}
+
+static void test_schema_and_migrations(void **state)
+{
+    (void)state;
+    has("cur.execute(\"ALTER TABLE reports ADD COLUMN summary TEXT\")\n",
+        "ddl");
+    has("DROP TABLE old_reports;\n", "ddl");
+    has("create unique index idx on t(a);\n", "ddl");
+    has("op.rename_table('a', 'b')  # RENAME TABLE a TO b\n", "ddl");
+    none("# we will drop the old table later, after the report\n");
+    static const struct {
+        const char *path, *rule;
+    } paths[] = {
+        {"alembic/versions/3f2a_add_summary.py", "alembic"},
+        {"app/migrations/0004_report_summary.py", "django"},
+        {"db/migrate/20261128_add_summary.rb", "rails"},
+        {"sql/V2__add_summary.sql", "flyway"},
+        {"db/changelog-master.yaml", "liquibase"},
+        {"prisma/migrations/20261128_x/migration.sql", "prisma"},
+        {"migrations/000002_add_summary.up.sql", "golang-migrate"},
+        {"db/migrations/20261128_add_summary.js", "knex"},
+        {"schema/init.sql", "sql"},
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        got g = {0};
+        fb_scan_path(rules, paths[i].path, collect, &g);
+        if (g.n != 1 || strcmp(g.rule[0], paths[i].rule) != 0)
+            fail_msg("%s: wanted %s, got %d (%s)", paths[i].path,
+                     paths[i].rule, g.n, g.n ? g.rule[0] : "-");
+    }
+    got g = {0};
+    fb_scan_path(rules, "src/app/models.py", collect, &g);
+    fb_scan_path(rules, "docs/migrations.md", collect, &g);
+    assert_int_equal(g.n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,6 +431,8 @@ int main(void)
         cmocka_unit_test(test_twilio_private_generic),
         cmocka_unit_test(test_positions_allow_binary),
         cmocka_unit_test(test_rules_file),
+        cmocka_unit_test(test_paid_apis),
+        cmocka_unit_test(test_schema_and_migrations),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
