@@ -995,7 +995,9 @@ int fb_cli_scan(int argc, char **argv)
                npaid == 1 ? "" : "s", nschema, nschema == 1 ? "" : "s",
                rp.files, rp.bytes);
         json_array_foreach(reasons, i, x)
+        {
             printf("  %s\n", json_string_value(x));
+        }
     }
     json_decref(reasons);
     rc = rank >= fail_rank ? 1 : 0;
