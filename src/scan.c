@@ -24,6 +24,7 @@ extern const size_t fb_scan_rules_builtin_text_len;
 #define MAX_KW 16
 #define MAX_FILE_BYTES (16u << 20) /* larger files are skipped, and said */
 #define BINARY_PROBE 8192
+#define FB_SCAN_VERSION "0.1.0" 
 
 typedef struct rule {
     char id[64];
@@ -828,6 +829,71 @@ static int read_text(const char *path, char **out, size_t *len)
     return 0;
 }
 
+/* SARIF 2.1.0, as GitHub code scanning takes it: the rules that have
+ * results, a result per finding with its location and a partial
+ * fingerprint, and never a secret (its message holds the redaction). */
+static char *sarif_text(json_t *findings, const char *tier, json_t *reasons)
+{
+    json_t *rules = json_array(), *results = json_array(), *index = json_object();
+    size_t i;
+    json_t *f;
+    char msg[512];
+    json_array_foreach(findings, i, f)
+    {
+        const char *rid = json_string_value(json_object_get(f, "rule"));
+        const char *kind = json_string_value(json_object_get(f, "kind"));
+        const char *desc = json_string_value(json_object_get(f, "message"));
+        const char *via = json_string_value(json_object_get(f, "via"));
+        int secret = strcmp(kind, "secret") == 0;
+        json_t *at = json_object_get(index, rid);
+        if (at == NULL) {
+            json_t *r = json_pack(
+                "{s:s,s:s,s:{s:s},s:{s:s},s:{s:[s]}}", "id", rid, "name",
+                rid, "shortDescription", "text", desc && *desc ? desc : rid,
+                "defaultConfiguration", "level", secret ? "error" : "warning",
+                "properties", "tags", kind);
+            at = json_integer((json_int_t)json_array_size(rules));
+            json_array_append_new(rules, r);
+            json_object_set_new(index, rid, at);
+        }
+        if (secret)
+            snprintf(msg, sizeof msg,
+                     "%s: %s. Remove it from the repository and rotate it.",
+                     desc, json_string_value(json_object_get(f, "redacted")));
+        else
+            snprintf(msg, sizeof msg, "%s%s%s: %s", desc,
+                     via ? ", called " : "",
+                     via ? (strcmp(via, "direct") == 0
+                                ? "straight to the provider"
+                                : "through fusebox")
+                         : "",
+                     json_string_value(json_object_get(f, "match")));
+        json_t *res = json_pack(
+            "{s:s,s:I,s:s,s:{s:s},s:[{s:{s:{s:s,s:s},s:{s:I,s:I}}}],"
+            "s:{s:s}}",
+            "ruleId", rid, "ruleIndex", json_integer_value(at), "level",
+            secret ? "error" : "warning", "message", "text", msg, "locations",
+            "physicalLocation", "artifactLocation", "uri",
+            json_string_value(json_object_get(f, "file")), "uriBaseId",
+            "%SRCROOT%", "region", "startLine",
+            json_integer_value(json_object_get(f, "line")), "startColumn",
+            json_integer_value(json_object_get(f, "column")),
+            "partialFingerprints", "fuseboxFingerprint/v1",
+            json_string_value(json_object_get(f, "fingerprint")));
+        json_array_append_new(results, res);
+    }
+    json_decref(index);
+    json_t *doc = json_pack(
+        "{s:s,s:s,s:[{s:{s:{s:s,s:s,s:o}},s:o,s:{s:s,s:O}}]}", "$schema",
+        "https://json.schemastore.org/sarif-2.1.0.json", "version", "2.1.0",
+        "runs", "tool", "driver", "name", "fusebox scan", "version",
+        FB_SCAN_VERSION, "rules", rules, "results",
+        results, "properties", "tier", tier, "reasons", reasons);
+    char *t = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
+    json_decref(doc);
+    return t;
+}
+
 int fb_cli_scan(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -837,7 +903,7 @@ int fb_cli_scan(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     static const char usage[] =
-        "usage: fusebox scan [PATH] [--format text|json] "
+        "usage: fusebox scan [PATH] [--format text|json|sarif] "
         "[--fail-on high|blocked|never] [--rules FILE]\n";
     const char *format = "text", *fail_on = "blocked", *rules_file = NULL;
     int o, rc = 3;
@@ -852,11 +918,12 @@ int fb_cli_scan(int argc, char **argv)
         }
     }
     int json = strcmp(format, "json") == 0;
+    int sarif = strcmp(format, "sarif") == 0;
     int fail_rank = strcmp(fail_on, "high") == 0      ? 1
                     : strcmp(fail_on, "blocked") == 0 ? 2
                     : strcmp(fail_on, "never") == 0   ? 3
                                                       : -1;
-    if ((!json && strcmp(format, "text") != 0) || fail_rank < 0 ||
+    if ((!json && !sarif && strcmp(format, "text") != 0) || fail_rank < 0 ||
         argc - optind > 1) {
         fprintf(stderr, "fusebox scan: %s", usage);
         return 2;
@@ -957,7 +1024,13 @@ int fb_cli_scan(int argc, char **argv)
         json_array_append_new(reasons,
                               json_string("no secret, paid call or schema "
                                           "change: fast lane"));
-    if (json) {
+    if (sarif) {
+        char *t = sarif_text(rp.findings, tier, reasons);
+        if (t == NULL)
+            goto out;
+        printf("%s\n", t);
+        free(t);
+    } else if (json) {
         json_t *root_j = json_pack(
             "{s:i,s:s,s:o,s:O,s:{s:I,s:I,s:I,s:I}}", "version", 1, "tier",
             tier, "reasons", reasons, "findings", rp.findings, "stats",

@@ -12,7 +12,19 @@ import { randomInt } from 'node:crypto';
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createRequire } from 'node:module';
 import { run } from './harness.mjs';
+
+// SARIF 2.1.0's JSON schema (draft-04), as Microsoft publishes it in the
+// npm package @microsoft/jest-sarif, checked with ajv 6.
+const require = createRequire(import.meta.url);
+const Ajv = require('ajv');
+const SARIF_SCHEMA = require('@microsoft/jest-sarif/lib/schemas/sarif-2.1.0-rtm.5.json');
+function sarifValidator() {
+  const ajv = new Ajv({ schemaId: 'auto', allErrors: true });
+  ajv.addMetaSchema(require('ajv/lib/refs/json-schema-draft-04.json'));
+  return ajv.compile(SARIF_SCHEMA);
+}
 
 const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 // Random each run; drawn again in the rare case it spells a word that
@@ -137,6 +149,38 @@ describe('fusebox scan', () => {
     assert.equal((await run(['scan', d, '--fail-on', 'high'])).code, 1);
     assert.equal((await run(['scan', d, '--fail-on', 'blocked'])).code, 0);
     rmSync(d, { recursive: true, force: true });
+  });
+
+  it('SARIF 2.1.0 that validates against the schema, with rules, locations and fingerprints, and no secret', async () => {
+    const validate = sarifValidator();
+    const r = await run(['scan', dir, '--format', 'sarif']);
+    assert.equal(r.code, 1);
+    noKeyIn(r.stdout + r.stderr, 'the SARIF report');
+    const doc = JSON.parse(r.stdout);
+    const ok = validate(doc);
+    assert.ok(ok, `SARIF schema: ${JSON.stringify(validate.errors?.slice(0, 3))}`);
+    // The validator does bite: a result without a message is refused.
+    const broken = JSON.parse(r.stdout);
+    delete broken.runs[0].results[0].message;
+    assert.equal(validate(broken), false);
+
+    assert.equal(doc.version, '2.1.0');
+    const run0 = doc.runs[0];
+    assert.equal(run0.tool.driver.name, 'fusebox scan');
+    const ids = run0.tool.driver.rules.map((x) => x.id);
+    for (const res of run0.results) {
+      assert.equal(ids[res.ruleIndex], res.ruleId);
+      assert.match(res.partialFingerprints['fuseboxFingerprint/v1'], /^[0-9a-f]{16}$/);
+      const loc = res.locations[0].physicalLocation;
+      assert.ok(loc.artifactLocation.uri && loc.region.startLine >= 1);
+    }
+    const sec = run0.results.find((x) => x.ruleId === 'openai-api-key');
+    assert.equal(sec.level, 'error');
+    assert.equal(sec.locations[0].physicalLocation.artifactLocation.uri, 'src/job.py');
+    assert.match(sec.message.text, /OpenAI API key: sk-p\.\.\.\(56 chars\)/);
+    const paid = run0.results.find((x) => x.ruleId === 'openai-sdk');
+    assert.equal(paid.level, 'warning');
+    assert.equal(run0.properties.tier, 'blocked');
   });
 
   it('exit statuses follow --fail-on; usage errors and unreadable input have their own', async () => {
