@@ -621,12 +621,44 @@ out:
 
 /* ---- the command ---- */
 
+/* --diff: the lines each file gained since BASE (a file new to git gains
+ * them all: no entry, all = 1). */
+typedef struct diff_file {
+    char *path;
+    int all;
+    int64_t *from, *to; /* added line ranges, 1-based, inclusive */
+    size_t n, cap;
+} diff_file;
+
+/* --diff: a column a migration adds, and code that uses a name. */
+typedef struct column {
+    char name[64], table[64];
+    char where[256]; /* "db/migrate/...rb:3" */
+} column;
+
 typedef struct report {
     json_t *findings;
     size_t files, bytes, binary, large;
     char **ignore;  /* .fuseboxignore lines: fingerprints or path patterns */
     size_t nignore;
+    /* --diff */
+    int diff;
+    const diff_file *cur; /* the file being scanned, with its added lines */
+    column *cols;
+    size_t ncols;
+    char **code;      /* added lines of code (not migrations): "file:line\ttext" */
+    size_t ncode;
 } report;
+
+static int added(const diff_file *d, int64_t line)
+{
+    if (d == NULL || d->all)
+        return 1;
+    for (size_t i = 0; i < d->n; i++)
+        if (line >= d->from[i] && line <= d->to[i])
+            return 1;
+    return 0;
+}
 
 static int ignored_path(const report *rp, const char *path)
 {
@@ -642,6 +674,9 @@ static int ignored_path(const report *rp, const char *path)
 static void on_finding(void *arg, const fb_scan_finding *f)
 {
     report *rp = arg;
+    if (rp->diff && strcmp(f->kind, "migration") != 0 &&
+        !added(rp->cur, f->line))
+        return; /* there before BASE */
     for (size_t i = 0; i < rp->nignore; i++)
         if (strcmp(rp->ignore[i], f->fingerprint) == 0)
             return;
@@ -657,6 +692,209 @@ static void on_finding(void *arg, const fb_scan_finding *f)
         json_object_set_new(o, "via", json_string(f->via));
     if (o != NULL)
         json_array_append_new(rp->findings, o);
+}
+
+/* "git -C 'ROOT" into cmd, ROOT quoted for the shell (' becomes '\''),
+ * the quote left open for the caller's "' ARGS"; returns the length. */
+static size_t git_prefix(const char *root, char *cmd, size_t cap)
+{
+    size_t o = (size_t)snprintf(cmd, cap, "git -C '");
+    for (const char *p = root; *p && o + 8 < cap; p++) {
+        if (*p == '\'') {
+            memcpy(cmd + o, "'\\''", 4);
+            o += 4;
+        } else {
+            cmd[o++] = *p;
+        }
+    }
+    cmd[o] = '\0';
+    return o;
+}
+
+/* --diff: in a migration's added lines, the columns it adds; in other
+ * added lines, the code, kept to look for those columns' names. */
+static void pair_lines(report *rp, const char *rel, const char *buf,
+                       size_t len, int migration)
+{
+    /* SQL, Rails, Alembic, Django, Knex, Prisma: the table and column. */
+    static const char *const adds[] = {
+        "(?i)alter\\s+table\\s+(?:if\\s+exists\\s+)?[\"`]?(\\w+)[\"`]?\\s+add\\s+"
+        "(?:column\\s+)?(?:if\\s+not\\s+exists\\s+)?[\"`]?(\\w+)",
+        "add_column\\s*\\(?\\s*:(\\w+)\\s*,\\s*:(\\w+)",
+        "add_column\\(\\s*[\"'](\\w+)[\"']\\s*,\\s*(?:sa\\.)?Column\\(\\s*[\"'](\\w+)",
+        "AddField\\(\\s*model_name\\s*=\\s*[\"'](\\w+)[\"']\\s*,\\s*name\\s*=\\s*"
+        "[\"'](\\w+)",
+        "table\\(\\s*[\"'](\\w+)[\"'][^)]*\\)[^;]*\\.\\w+\\(\\s*[\"'](\\w+)"};
+    static pcre2_code *re[sizeof adds / sizeof adds[0]];
+    static pcre2_match_data *md;
+    if (md == NULL) {
+        for (size_t i = 0; i < sizeof adds / sizeof adds[0]; i++) {
+            int ec;
+            PCRE2_SIZE off;
+            re[i] = pcre2_compile((PCRE2_SPTR)adds[i], PCRE2_ZERO_TERMINATED,
+                                  0, &ec, &off, NULL);
+        }
+        md = pcre2_match_data_create(8, NULL);
+        if (md == NULL)
+            return;
+    }
+    int64_t line = 1;
+    for (const char *p = buf, *e = buf + len; p < e; line++) {
+        const char *nl = memchr(p, '\n', (size_t)(e - p));
+        const char *le = nl ? nl : e;
+        if (added(rp->cur, line)) {
+            int is_ddl = 0;
+            for (size_t i = 0; i < sizeof adds / sizeof adds[0]; i++) {
+                if (re[i] == NULL ||
+                    pcre2_match(re[i], (PCRE2_SPTR)p, (size_t)(le - p), 0, 0,
+                                md, NULL) < 3)
+                    continue;
+                PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+                column *v = realloc(rp->cols, (rp->ncols + 1) * sizeof *v);
+                if (v == NULL)
+                    break;
+                rp->cols = v;
+                column *c = &rp->cols[rp->ncols++];
+                snprintf(c->table, sizeof c->table, "%.*s",
+                         (int)(ov[3] - ov[2]), p + ov[2]);
+                snprintf(c->name, sizeof c->name, "%.*s", (int)(ov[5] - ov[4]),
+                         p + ov[4]);
+                snprintf(c->where, sizeof c->where, "%s:%lld", rel,
+                         (long long)line);
+                is_ddl = 1;
+                break;
+            }
+            if (!migration && !is_ddl) {
+                char **v = realloc(rp->code, (rp->ncode + 1) * sizeof *v);
+                if (v != NULL) {
+                    rp->code = v;
+                    if (asprintf(&rp->code[rp->ncode], "%s:%lld\t%.*s", rel,
+                                 (long long)line, (int)(le - p), p) >= 0)
+                        rp->ncode++;
+                }
+            }
+        }
+        p = nl ? nl + 1 : e;
+    }
+}
+
+/* A word w in s, on word boundaries. */
+static int has_word(const char *s, const char *w)
+{
+    size_t wl = strlen(w);
+    for (const char *p = s; (p = strstr(p, w)) != NULL; p++) {
+        int l = p == s || !((p[-1] | 32) >= 'a' && (p[-1] | 32) <= 'z') ||
+                (p[-1] == '_');
+        char a = p[wl];
+        int r = !(((a | 32) >= 'a' && (a | 32) <= 'z') || a == '_' ||
+                  (a >= '0' && a <= '9'));
+        if (p > s && (p[-1] == '_' || (p[-1] >= '0' && p[-1] <= '9')))
+            l = 0;
+        if (l && r)
+            return 1;
+    }
+    return 0;
+}
+
+/* Each added column that added code uses: apply the migration first. */
+static void pair_report(report *rp, json_t *reasons)
+{
+    char why[1024];
+    for (size_t i = 0; i < rp->ncols; i++) {
+        const column *c = &rp->cols[i];
+        for (size_t k = 0; k < rp->ncode; k++) {
+            const char *tab = strchr(rp->code[k], '\t');
+            if (tab == NULL || !has_word(tab + 1, c->name))
+                continue;
+            snprintf(why, sizeof why,
+                     "%.*s uses column %s, which the migration %s adds: "
+                     "apply the migration before deploying the code, and "
+                     "check it in the job: fusebox run --job JOB --preflight "
+                     "\"psql \\\"$DATABASE_URL\\\" -c 'SELECT %s FROM %s "
+                     "LIMIT 0'\" -- COMMAND",
+                     (int)(tab - rp->code[k]), rp->code[k], c->name, c->where,
+                     c->name, c->table);
+            json_array_append_new(reasons, json_string(why));
+            break;
+        }
+    }
+}
+
+/* `git diff -U0 BASE` of the work tree: the lines each file gained. */
+static int git_diff(const char *root, const char *base, diff_file **out,
+                    size_t *nout)
+{
+    char cmd[4400];
+    size_t o = git_prefix(root, cmd, sizeof cmd);
+    /* BASE is checked to be a revision name: no shell in it. */
+    for (const char *p = base; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              (*p >= '0' && *p <= '9') || strchr("/._-~^@{}", *p)))
+            return -2;
+    snprintf(cmd + o, sizeof cmd - o,
+             "' diff --no-color --no-ext-diff -U0 --diff-filter=d %s -- "
+             "2>/dev/null",
+             base);
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    diff_file *v = NULL;
+    size_t nv = 0;
+    while ((n = getline(&line, &cap, p)) > 0) {
+        if (strncmp(line, "+++ ", 4) == 0) {
+            char *path = line + 4;
+            path[strcspn(path, "\n")] = '\0';
+            if (strcmp(path, "/dev/null") == 0)
+                continue;
+            if (strncmp(path, "b/", 2) == 0)
+                path += 2;
+            diff_file *nvp = realloc(v, (nv + 1) * sizeof *v);
+            if (nvp == NULL)
+                break;
+            v = nvp;
+            v[nv] = (diff_file){.path = strdup(path)};
+            nv++;
+        } else if (strncmp(line, "@@ ", 3) == 0 && nv > 0) {
+            long long c = 0, d = 1;
+            const char *plus = strchr(line + 3, '+');
+            if (plus == NULL || sscanf(plus + 1, "%lld,%lld", &c, &d) < 1)
+                continue;
+            if (d <= 0)
+                continue;
+            diff_file *f = &v[nv - 1];
+            if (f->n == f->cap) {
+                size_t nc = f->cap ? 2 * f->cap : 8;
+                int64_t *a = realloc(f->from, nc * sizeof *a);
+                int64_t *b = a ? realloc(f->to, nc * sizeof *b) : NULL;
+                if (a)
+                    f->from = a;
+                if (b == NULL)
+                    continue;
+                f->to = b;
+                f->cap = nc;
+            }
+            f->from[f->n] = c;
+            f->to[f->n] = c + d - 1;
+            f->n++;
+        }
+    }
+    free(line);
+    int st = pclose(p);
+    if (st != 0) {
+        for (size_t i = 0; i < nv; i++) {
+            free(v[i].path);
+            free(v[i].from);
+            free(v[i].to);
+        }
+        free(v);
+        return -1;
+    }
+    *out = v;
+    *nout = nv;
+    return 0;
 }
 
 static int scan_file(const fb_scan_rules *rs, report *rp, const char *root,
@@ -689,31 +927,41 @@ static int scan_file(const fb_scan_rules *rs, report *rp, const char *root,
     fclose(f);
     rp->files++;
     rp->bytes += len;
+    size_t before = json_array_size(rp->findings);
     fb_scan_path(rs, rel, on_finding, rp);
-    if (fb_scan_buffer(rs, rel, buf, len, on_finding, rp) == 1)
+    int migration = json_array_size(rp->findings) > before;
+    int binary = fb_scan_buffer(rs, rel, buf, len, on_finding, rp) == 1;
+    if (binary)
         rp->binary++;
+    else if (rp->diff)
+        pair_lines(rp, rel, buf, len, migration);
     free(buf);
     return 0;
 }
 
 /* The files git tracks or would track under root (NUL-separated into
  * *out), or -1 when root is not in a git work tree. */
+static int git_list(const char *root, int untracked_only, char **out,
+                    size_t *len);
+
 static int git_files(const char *root, char **out, size_t *len)
 {
+    return git_list(root, 0, out, len);
+}
+
+static int git_files_untracked(const char *root, char **out, size_t *len)
+{
+    return git_list(root, 1, out, len);
+}
+
+static int git_list(const char *root, int untracked_only, char **out,
+                    size_t *len)
+{
     char cmd[4200];
-    /* The path is quoted for the shell: ' becomes '\'' */
-    size_t o = (size_t)snprintf(cmd, sizeof cmd, "git -C '");
-    for (const char *p = root; *p && o + 8 < sizeof cmd; p++) {
-        if (*p == '\'') {
-            memcpy(cmd + o, "'\\''", 4);
-            o += 4;
-        } else {
-            cmd[o++] = *p;
-        }
-    }
+    size_t o = git_prefix(root, cmd, sizeof cmd);
     snprintf(cmd + o, sizeof cmd - o,
-             "' ls-files -z --cached --others --exclude-standard "
-             "2>/dev/null");
+             "' ls-files -z %s--others --exclude-standard 2>/dev/null",
+             untracked_only ? "" : "--cached ");
     FILE *p = popen(cmd, "r");
     if (p == NULL)
         return -1;
@@ -900,12 +1148,16 @@ int fb_cli_scan(int argc, char **argv)
         {"format", required_argument, NULL, 'f'},
         {"fail-on", required_argument, NULL, 'F'},
         {"rules", required_argument, NULL, 'r'},
+        {"diff", required_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     static const char usage[] =
-        "usage: fusebox scan [PATH] [--format text|json|sarif] "
+        "usage: fusebox scan [PATH] [--diff BASE] [--format text|json|sarif] "
         "[--fail-on high|blocked|never] [--rules FILE]\n";
-    const char *format = "text", *fail_on = "blocked", *rules_file = NULL;
+    const char *format = "text", *fail_on = "blocked", *rules_file = NULL,
+               *base = NULL;
+    diff_file *df = NULL;
+    size_t ndf = 0;
     int o, rc = 3;
     optind = 1;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -913,6 +1165,7 @@ int fb_cli_scan(int argc, char **argv)
         case 'f': format = optarg; break;
         case 'F': fail_on = optarg; break;
         case 'r': rules_file = optarg; break;
+        case 'd': base = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
         default: fputs(usage, stderr); return 2;
         }
@@ -958,7 +1211,39 @@ int fb_cli_scan(int argc, char **argv)
     }
     load_ignore(&rp, root);
     int walked;
-    if (git_files(root, &files, &flen) == 0) {
+    if (base != NULL) {
+        /* What changed since BASE: the lines modified files gained, and
+         * files new to git (untracked ones too) whole. */
+        int g = git_diff(root, base, &df, &ndf);
+        if (g != 0) {
+            fprintf(stderr,
+                    g == -2 ? "fusebox scan: '%s' is not a revision name\n"
+                            : "fusebox scan: git diff %s failed (is %s in "
+                              "a git work tree, and %s a revision?)\n",
+                    base, root, base);
+            rc = g == -2 ? 2 : 3;
+            goto out;
+        }
+        rp.diff = 1;
+        walked = 0;
+        for (size_t i = 0; i < ndf && walked == 0; i++) {
+            if (df[i].path == NULL)
+                continue;
+            rp.cur = &df[i];
+            walked = scan_file(rs, &rp, root, df[i].path);
+        }
+        /* untracked: new whole */
+        diff_file whole = {.all = 1};
+        if (walked == 0 && git_files_untracked(root, &files, &flen) == 0)
+            for (size_t i = 0; i < flen && walked == 0;) {
+                const char *rel = files + i;
+                size_t l = strnlen(rel, flen - i);
+                rp.cur = &whole;
+                walked = scan_file(rs, &rp, root, rel);
+                i += l + 1;
+            }
+        rp.cur = NULL;
+    } else if (git_files(root, &files, &flen) == 0) {
         walked = 0;
         for (size_t i = 0; i < flen && walked == 0;) {
             const char *rel = files + i;
@@ -1020,6 +1305,8 @@ int fb_cli_scan(int argc, char **argv)
                  nschema, nschema == 1 ? "" : "s");
         json_array_append_new(reasons, json_string(why));
     }
+    if (rp.diff)
+        pair_report(&rp, reasons);
     if (nf == 0)
         json_array_append_new(reasons,
                               json_string("no secret, paid call or schema "
@@ -1076,6 +1363,16 @@ int fb_cli_scan(int argc, char **argv)
     rc = rank >= fail_rank ? 1 : 0;
 out:
     free(files);
+    for (size_t k = 0; k < ndf; k++) {
+        free(df[k].path);
+        free(df[k].from);
+        free(df[k].to);
+    }
+    free(df);
+    for (size_t k = 0; k < rp.ncode; k++)
+        free(rp.code[k]);
+    free(rp.code);
+    free(rp.cols);
     for (size_t k = 0; k < rp.nignore; k++)
         free(rp.ignore[k]);
     free(rp.ignore);

@@ -183,6 +183,54 @@ describe('fusebox scan', () => {
     assert.equal(run0.properties.tier, 'blocked');
   });
 
+  it('--diff BASE: only what changed; a new column and the code that uses it pair up', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'fusebox-scan-diff-'));
+    const git = (...a) => execFileSync('git', ['-C', d, ...a], { stdio: 'pipe' });
+    git('init', '-q');
+    git('config', 'user.email', 't@example.invalid');
+    git('config', 'user.name', 'test');
+    mkdirSync(join(d, 'jobs'));
+    mkdirSync(join(d, 'alembic', 'versions'), { recursive: true });
+    const old = fake('sk-proj-', 48);
+    writeFileSync(join(d, 'jobs', 'report.py'),
+      `from openai import OpenAI\nclient = OpenAI(api_key="${old}")\n\ndef run(db):\n    return 1\n`);
+    git('add', '-A');
+    git('commit', '-q', '-m', 'base');
+    // The change: a migration adding reports.summary, code writing it, a
+    // new key in a new untracked file; the old key and client stay as they were.
+    writeFileSync(join(d, 'alembic', 'versions', '3f2a_add_summary.py'),
+      "def upgrade():\n    op.add_column('reports', sa.Column('summary', sa.Text()))\n");
+    writeFileSync(join(d, 'jobs', 'report.py'),
+      `from openai import OpenAI\nclient = OpenAI(api_key="${old}")\n\ndef run(db):\n` +
+      '    db.execute("UPDATE reports SET summary = :s", {"s": text})\n    return 1\n');
+    const fresh = fake('ghp_', 36);
+    writeFileSync(join(d, 'jobs', 'notify.sh'), `curl -H "Authorization: token ${fresh}" https://api.github.com\n`);
+
+    const r = await run(['scan', d, '--diff', 'HEAD', '--format', 'json']);
+    const j = JSON.parse(r.stdout);
+    const got = j.findings.map((f) => `${f.file}:${f.line}:${f.rule}`).sort();
+    assert.deepEqual(got, ['alembic/versions/3f2a_add_summary.py:1:alembic', 'jobs/notify.sh:1:github-token'],
+      'the old key and client are not part of the change');
+    assert.equal(j.tier, 'blocked');
+    const pair = j.reasons.find((x) => /uses column summary/.test(x));
+    assert.ok(pair, JSON.stringify(j.reasons));
+    assert.match(pair, /^jobs\/report\.py:5 uses column summary, which the migration alembic\/versions\/3f2a_add_summary\.py:2 adds/);
+    assert.match(pair, /fusebox run --job JOB --preflight "psql \\"\$DATABASE_URL\\" -c 'SELECT summary FROM reports LIMIT 0'"/);
+    noKeyIn(r.stdout, '--diff');
+    assert.ok(!r.stdout.includes(fresh) && !r.stdout.includes(old));
+
+    // Without the migration in the change, no pairing.
+    git('add', '-A');
+    git('commit', '-q', '-m', 'all of it');
+    const none = JSON.parse((await run(['scan', d, '--diff', 'HEAD', '--format', 'json'])).stdout);
+    assert.deepEqual(none.findings, []);
+    assert.equal(none.tier, 'low');
+    // Bad revisions: a name with shell in it is a usage error; an unknown one unreadable input.
+    assert.equal((await run(['scan', d, '--diff', 'HEAD;true'])).code, 2);
+    assert.equal((await run(['scan', d, '--diff', 'no-such-revision'])).code, 3);
+    rmSync(d, { recursive: true, force: true });
+  });
+
   it('exit statuses follow --fail-on; usage errors and unreadable input have their own', async () => {
     assert.equal((await run(['scan', dir, '--fail-on', 'never'])).code, 0);
     assert.equal((await run(['scan', dir, '--fail-on', 'high'])).code, 1);
