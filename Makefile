@@ -6,6 +6,7 @@
 #   make bench      fusebox side by side with nginx and Portkey, tables in bench/results/
 #   make bench-scale  memory with many keys, results and open streams
 #   make bench-dashboard  the dashboard over a million ledger rows
+#   make bench-scan   fusebox scan's rate in MB/s
 #   make callgrind-check  instructions per call against bench/callgrind.limits
 #   make torture    kill -9 the gateway under load KILLS=100 times, check after each restart
 #   make SANITIZE=1 ASan + UBSan build (into build-san/)
@@ -49,7 +50,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e torture demo demo-incident bench bench-scale bench-dashboard callgrind-check install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e torture demo demo-incident bench bench-scale bench-dashboard bench-scan callgrind-check install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -127,6 +128,12 @@ bench-dashboard:
 	@scripts/deps.sh --test
 	@$(MAKE) --no-print-directory all
 	@node bench/dashboard.mjs $(abspath $(BUILD)/fusebox)
+
+# fusebox scan's rate over this project plus 3,000 generated files (issue 8):
+# bench/results/scan.md
+bench-scan: deps
+	@$(MAKE) --no-print-directory all
+	@node bench/scan.mjs $(abspath $(BUILD)/fusebox)
 
 # The bench's load generator (open loop at fixed rates, p99.9): libevent only.
 $(BUILD)/loadgen: bench/loadgen.c

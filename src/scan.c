@@ -40,9 +40,23 @@ typedef struct rule {
     pcre2_match_data *md;
 } rule;
 
+/* The keyword prefilter: every keyword once, found in one pass over a
+ * file by its first two bytes (a 64 Ki-bit map, then a short bucket). */
+typedef struct kwi {
+    const char *text; /* a rule's kw[] */
+    size_t len;
+    size_t *rules; /* indices of the rules that list it */
+    size_t nrules;
+} kwi;
+
 struct fb_scan_rules {
     rule *v;
     size_t n, cap;
+    kwi *kws;
+    size_t nkws;
+    uint64_t pair_map[65536 / 64]; /* first two bytes of some keyword */
+    uint32_t bucket[65537];        /* kws sorted by pair: [bucket[p], [p+1]) */
+    size_t *order;                 /* keyword indices in pair order */
     /* Bounds on one match: a pattern that backtracks without end (a rule
      * file's, or a line made to trip one) gives up on that line. */
     pcre2_match_context *mc;
@@ -61,6 +75,69 @@ static void rule_clear(rule *r)
     r->re = NULL;
 }
 
+static void index_free(fb_scan_rules *r)
+{
+    for (size_t i = 0; i < r->nkws; i++)
+        free(r->kws[i].rules);
+    free(r->kws);
+    free(r->order);
+    r->kws = NULL;
+    r->order = NULL;
+    r->nkws = 0;
+}
+
+static unsigned pair_of(const char *k)
+{
+    return (unsigned)(unsigned char)k[0] << 8 | (unsigned char)k[1];
+}
+
+/* (Re)build the prefilter from the rules' keywords. */
+static fb_err index_build(fb_scan_rules *r)
+{
+    index_free(r);
+    memset(r->pair_map, 0, sizeof r->pair_map);
+    memset(r->bucket, 0, sizeof r->bucket);
+    size_t cap = 0;
+    for (size_t k = 0; k < r->n; k++)
+        cap += r->v[k].nkw;
+    r->kws = calloc(cap ? cap : 1, sizeof *r->kws);
+    r->order = calloc(cap ? cap : 1, sizeof *r->order);
+    if (r->kws == NULL || r->order == NULL)
+        return FB_ENOMEM;
+    for (size_t k = 0; k < r->n; k++) {
+        for (size_t w = 0; w < r->v[k].nkw; w++) {
+            const char *t = r->v[k].kw[w];
+            size_t i = 0;
+            while (i < r->nkws && strcmp(r->kws[i].text, t) != 0)
+                i++;
+            if (i == r->nkws)
+                r->kws[r->nkws++] = (kwi){.text = t, .len = strlen(t)};
+            size_t *v = realloc(r->kws[i].rules,
+                                (r->kws[i].nrules + 1) * sizeof *v);
+            if (v == NULL)
+                return FB_ENOMEM;
+            r->kws[i].rules = v;
+            v[r->kws[i].nrules++] = k;
+        }
+    }
+    for (size_t i = 0; i < r->nkws; i++) {
+        unsigned p = pair_of(r->kws[i].text);
+        r->pair_map[p / 64] |= UINT64_C(1) << (p % 64);
+        r->bucket[p + 1]++;
+    }
+    for (unsigned p = 0; p < 65536; p++)
+        r->bucket[p + 1] += r->bucket[p];
+    uint32_t *fill = calloc(65536, sizeof *fill);
+    if (fill == NULL)
+        return FB_ENOMEM;
+    for (size_t i = 0; i < r->nkws; i++) {
+        unsigned p = pair_of(r->kws[i].text);
+        r->order[r->bucket[p] + fill[p]++] = i;
+    }
+    free(fill);
+    return FB_OK;
+}
+
 void fb_scan_rules_free(fb_scan_rules *r)
 {
     if (r == NULL)
@@ -68,6 +145,7 @@ void fb_scan_rules_free(fb_scan_rules *r)
     for (size_t i = 0; i < r->n; i++)
         rule_clear(&r->v[i]);
     free(r->v);
+    index_free(r);
     pcre2_match_context_free(r->mc);
     free(r);
 }
@@ -157,8 +235,11 @@ static int parse_line(const char *s, const char *end, rule *r, char *why,
             char *save = NULL;
             for (char *w = strtok_r(val, ",", &save); w;
                  w = strtok_r(NULL, ",", &save)) {
-                if (r->nkw == MAX_KW || strlen(w) >= sizeof r->kw[0]) {
-                    snprintf(why, whycap, "too many or too long keywords");
+                if (r->nkw == MAX_KW || strlen(w) >= sizeof r->kw[0] ||
+                    strlen(w) < 2) {
+                    snprintf(why, whycap, "keywords are 2 to 31 characters, "
+                                          "at most %d a rule",
+                             MAX_KW);
                     return -1;
                 }
                 for (char *c = w; *c; c++)
@@ -287,7 +368,7 @@ fb_err fb_scan_rules_load(fb_scan_rules *rs, const char *text, size_t len,
             rs->n++;
         rs->v[at] = r;
     }
-    return FB_OK;
+    return index_build(rs);
 }
 
 fb_scan_rules *fb_scan_rules_builtin(void)
@@ -439,12 +520,6 @@ static void fingerprint(const char *rule_id, const char *file, int64_t line,
         snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
-static int cmp_size(const void *a, const void *b)
-{
-    size_t x = *(const size_t *)a, y = *(const size_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Where secrets were found in this buffer: a weak rule's match that
  * overlaps one is the same secret, already reported. */
 typedef struct spans {
@@ -473,6 +548,7 @@ static void span_add(spans *sp, size_t so, size_t eo)
     sp->v[sp->n++] = so;
     sp->v[sp->n++] = eo;
 }
+
 
 /* One line [ls, le) of buf, against one rule. */
 static void match_line(const rule *r, pcre2_match_context *mc,
@@ -574,45 +650,64 @@ int fb_scan_buffer(const fb_scan_rules *rs, const char *file, const char *buf,
             via = "fusebox";
     lines L = {.buf = buf, .len = len, .via = via};
     spans sp = {0};
-    size_t cap = 0, n = 0, *ends = NULL; /* the lines to match: their ends */
-    /* The specific rules first, then the weak ones (which may only add). */
-    for (size_t k2 = 0; k2 < 2 * rs->n; k2++) {
-        const rule *r = &rs->v[k2 % rs->n];
-        if (r->weak != (k2 >= rs->n) || r->re == NULL)
+    /* One pass: for each rule, the ends of the lines holding one of its
+     * keywords, in order. */
+    typedef struct hits_ {
+        size_t *v;
+        size_t n, cap;
+    } hits_;
+    hits_ *per = calloc(rs->n ? rs->n : 1, sizeof *per);
+    size_t nl_at = 0; /* the next newline at or after i */
+    int nl_known = 0;
+    if (per == NULL)
+        goto out;
+    for (size_t i = 0; i + 1 < len; i++) {
+        unsigned pr = pair_of(low + i);
+        if (!(rs->pair_map[pr / 64] >> (pr % 64) & 1))
             continue;
-        n = 0;
-        for (size_t w = 0; w < r->nkw; w++) {
-            size_t wl = strlen(r->kw[w]);
-            const char *p = low, *e = low + len;
-            while (p < e && (p = memmem(p, (size_t)(e - p), r->kw[w], wl))) {
-                const char *nl = memchr(p, '\n', (size_t)(e - p));
-                size_t lend = nl ? (size_t)(nl - low) : len;
-                if (n == cap) {
-                    size_t c2 = cap ? 2 * cap : 256;
-                    size_t *v = realloc(ends, c2 * sizeof *v);
+        for (uint32_t b = rs->bucket[pr]; b < rs->bucket[pr + 1]; b++) {
+            const kwi *k = &rs->kws[rs->order[b]];
+            if (k->len > len - i || memcmp(low + i, k->text, k->len) != 0)
+                continue;
+            if (!nl_known || nl_at < i) {
+                const char *nl = memchr(low + i, '\n', len - i);
+                nl_at = nl ? (size_t)(nl - low) : len;
+                nl_known = 1;
+            }
+            for (size_t j = 0; j < k->nrules; j++) {
+                hits_ *h = &per[k->rules[j]];
+                if (h->n > 0 && h->v[h->n - 1] == nl_at)
+                    continue; /* this line is in already */
+                if (h->n == h->cap) {
+                    size_t c2 = h->cap ? 2 * h->cap : 64;
+                    size_t *v = realloc(h->v, c2 * sizeof *v);
                     if (v == NULL)
                         goto out;
-                    ends = v;
-                    cap = c2;
+                    h->v = v;
+                    h->cap = c2;
                 }
-                ends[n++] = lend;
-                p = low + lend + 1; /* on to the next line */
+                h->v[h->n++] = nl_at;
             }
         }
-        /* Each line once per rule, in order, whichever keywords it holds. */
-        if (n > 1)
-            qsort(ends, n, sizeof *ends, cmp_size);
-        for (size_t i = 0; i < n; i++) {
-            if (i > 0 && ends[i] == ends[i - 1])
-                continue;
-            const char *le = buf + ends[i], *ls = le;
+    }
+    /* The specific rules first, then the weak ones (which may only add). */
+    for (size_t k2 = 0; k2 < 2 * rs->n; k2++) {
+        size_t k = k2 % rs->n;
+        const rule *r = &rs->v[k];
+        if (r->weak != (k2 >= rs->n) || r->re == NULL)
+            continue;
+        for (size_t i = 0; i < per[k].n; i++) {
+            const char *le = buf + per[k].v[i], *ls = le;
             while (ls > buf && ls[-1] != '\n')
                 ls--;
             match_line(r, rs->mc, file, &L, &sp, ls, le, fn, arg);
         }
     }
 out:
-    free(ends);
+    if (per != NULL)
+        for (size_t k = 0; k < rs->n; k++)
+            free(per[k].v);
+    free(per);
     free(sp.v);
     free(L.start);
     free(low);

@@ -260,7 +260,7 @@ describe('fusebox scan', () => {
     writeFileSync(join(plain, 'svc.go'), `const t = "${fake('itk_', 24, 'abcdefghijklmnopqrstuvwxyz0123456789')}"\n`);
     const r = await run(['scan', plain, '--rules', rules, '--format', 'json']);
     assert.deepEqual(JSON.parse(r.stdout).findings.map((f) => f.rule).sort(), ['github-token', 'internal-token']);
-    writeFileSync(rules, 'secret broken kw=x re=(\n');
+    writeFileSync(rules, 'secret broken kw=xy re=(\n');
     const b = await run(['scan', plain, '--rules', rules]);
     assert.equal(b.code, 2);
     assert.match(b.stderr, /fusebox-scan-rules-\d+:1: bad pattern/);

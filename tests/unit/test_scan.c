@@ -307,13 +307,14 @@ static void test_rules_file(void **state)
     static const struct {
         const char *text, *err;
     } bad[] = {
-        {"secret x kw=a re=(\n", "mine.rules:1: bad pattern"},
+        {"secret x kw=ab re=(\n", "mine.rules:1: bad pattern"},
+        {"secret x kw=a re=b\n", "mine.rules:1: keywords are 2 to 31"},
         {"secret x re=abc\n", "mine.rules:1: a rule needs kw= and re="},
-        {"bogus x kw=a re=b\n", "mine.rules:1: unknown kind 'bogus'"},
-        {"migration x kw=a re=b\n",
+        {"bogus x kw=ab re=b\n", "mine.rules:1: unknown kind 'bogus'"},
+        {"migration x kw=ab re=b\n",
          "mine.rules:1: a migration rule takes path=, not kw= or re="},
-        {"secret x kw=a nope=1 re=b\n", "mine.rules:1: unknown key 'nope'"},
-        {"secret x kw=a entropy=many re=b\n", "mine.rules:1: entropy"},
+        {"secret x kw=ab nope=1 re=b\n", "mine.rules:1: unknown key 'nope'"},
+        {"secret x kw=ab entropy=many re=b\n", "mine.rules:1: entropy"},
         {"\nsecret\n", "mine.rules:2: expected KIND ID"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
