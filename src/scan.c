@@ -743,6 +743,10 @@ typedef struct report {
     size_t ncols;
     char **code;      /* added lines of code (not migrations): "file:line\ttext" */
     size_t ncode;
+    /* --history: the commit being read, and its added lines' numbers */
+    const char *commit;
+    const int64_t *hist_lines;
+    size_t hist_n;
 } report;
 
 static int added(const diff_file *d, int64_t line)
@@ -769,6 +773,31 @@ static int ignored_path(const report *rp, const char *path)
 static void on_finding(void *arg, const fb_scan_finding *f)
 {
     report *rp = arg;
+    fb_scan_finding h;
+    if (rp->commit != NULL) {
+        /* --history: secrets only (a paid call of the past ships nothing
+         * now), at the line the commit gave them, each secret once */
+        if (strcmp(f->kind, "secret") != 0 || f->line < 1 ||
+            (size_t)f->line > rp->hist_n)
+            return;
+        h = *f;
+        h.line = rp->hist_lines[f->line - 1];
+        size_t i;
+        json_t *x;
+        json_array_foreach(rp->findings, i, x)
+        {
+            const char *c = json_string_value(json_object_get(x, "commit"));
+            if (c != NULL &&
+                strcmp(json_string_value(json_object_get(x, "rule")),
+                       f->rule) == 0 &&
+                strcmp(json_string_value(json_object_get(x, "file")),
+                       f->file) == 0 &&
+                strcmp(json_string_value(json_object_get(x, "redacted")),
+                       f->redacted) == 0)
+                return; /* the same secret, seen in a later commit */
+        }
+        f = &h;
+    }
     if (rp->diff && strcmp(f->kind, "migration") != 0 &&
         !added(rp->cur, f->line))
         return; /* there before BASE */
@@ -785,6 +814,8 @@ static void on_finding(void *arg, const fb_scan_finding *f)
                           secret ? "blocked" : "high");
     if (o != NULL && f->via != NULL && strcmp(f->kind, "paid") == 0)
         json_object_set_new(o, "via", json_string(f->via));
+    if (o != NULL && rp->commit != NULL)
+        json_object_set_new(o, "commit", json_string(rp->commit));
     if (o != NULL)
         json_array_append_new(rp->findings, o);
 }
@@ -1172,6 +1203,108 @@ static int read_text(const char *path, char **out, size_t *len)
     return 0;
 }
 
+/* --history: every commit's added lines (git log -p -U0, newest first),
+ * scanned per commit and file as one buffer; a finding's line is mapped
+ * back through hist_lines. Secrets only. */
+static void hist_flush(const fb_scan_rules *rs, report *rp, const char *file,
+                       char *buf, size_t len, const int64_t *nums,
+                       size_t nlines)
+{
+    if (file[0] == '\0' || len == 0 || ignored_path(rp, file))
+        return;
+    rp->hist_lines = nums;
+    rp->hist_n = nlines;
+    (void)fb_scan_buffer(rs, file, buf, len, on_finding, rp);
+}
+
+static int scan_history(const fb_scan_rules *rs, report *rp, const char *root)
+{
+    char cmd[4400];
+    size_t o = git_prefix(root, cmd, sizeof cmd);
+    snprintf(cmd + o, sizeof cmd - o,
+             "' log -p -U0 --no-color --no-ext-diff --no-renames "
+             "--format=%%x01%%H HEAD -- 2>/dev/null");
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return -1;
+    char *line = NULL, *buf = NULL, file[4096] = "", commit[16] = "";
+    size_t lcap = 0, blen = 0, bcap = 0, nl = 0, lncap = 0;
+    int64_t *nums = NULL, at = 0;
+    ssize_t n;
+    int rc = 0;
+    while ((n = getline(&line, &lcap, p)) > 0) {
+        if (line[n - 1] == '\n')
+            line[--n] = '\0';
+        int boundary = line[0] == '\x01' || strncmp(line, "diff --git ", 11) == 0;
+        if (boundary) {
+            hist_flush(rs, rp, file, buf, blen, nums, nl);
+            blen = nl = 0;
+            if (line[0] == '\x01') {
+                snprintf(commit, sizeof commit, "%.12s", line + 1);
+                rp->commit = commit;
+                file[0] = '\0';
+            }
+            continue;
+        }
+        if (strncmp(line, "+++ ", 4) == 0) {
+            const char *f = line + 4;
+            snprintf(file, sizeof file, "%s",
+                     strcmp(f, "/dev/null") == 0 ? ""
+                     : strncmp(f, "b/", 2) == 0  ? f + 2
+                                                 : f);
+            continue;
+        }
+        if (strncmp(line, "@@ ", 3) == 0) {
+            const char *plus = strchr(line + 3, '+');
+            long long c = 0;
+            if (plus != NULL && sscanf(plus + 1, "%lld", &c) == 1)
+                at = c;
+            continue;
+        }
+        if (line[0] != '+' || file[0] == '\0')
+            continue;
+        /* an added line: into the buffer, with its number */
+        size_t ll = (size_t)n - 1;
+        if (blen + ll + 1 > bcap) {
+            size_t c2 = bcap ? 2 * bcap : 1 << 16;
+            while (c2 < blen + ll + 1)
+                c2 *= 2;
+            char *b = realloc(buf, c2);
+            if (b == NULL) {
+                rc = -1;
+                break;
+            }
+            buf = b;
+            bcap = c2;
+        }
+        memcpy(buf + blen, line + 1, ll);
+        buf[blen + ll] = '\n';
+        blen += ll + 1;
+        if (nl == lncap) {
+            size_t c2 = lncap ? 2 * lncap : 1024;
+            int64_t *v = realloc(nums, c2 * sizeof *v);
+            if (v == NULL) {
+                rc = -1;
+                break;
+            }
+            nums = v;
+            lncap = c2;
+        }
+        nums[nl++] = at++;
+        rp->bytes += ll + 1;
+    }
+    if (rc == 0)
+        hist_flush(rs, rp, file, buf, blen, nums, nl);
+    rp->commit = NULL;
+    rp->hist_lines = NULL;
+    free(line);
+    free(buf);
+    free(nums);
+    if (pclose(p) != 0)
+        rc = -1;
+    return rc;
+}
+
 /* SARIF 2.1.0, as GitHub code scanning takes it: the rules that have
  * results, a result per finding with its location and a partial
  * fingerprint, and never a secret (its message holds the redaction). */
@@ -1244,16 +1377,18 @@ int fb_cli_scan(int argc, char **argv)
         {"fail-on", required_argument, NULL, 'F'},
         {"rules", required_argument, NULL, 'r'},
         {"diff", required_argument, NULL, 'd'},
+        {"history", no_argument, NULL, 'H'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     static const char usage[] =
-        "usage: fusebox scan [PATH] [--diff BASE] [--format text|json|sarif] "
-        "[--fail-on high|blocked|never] [--rules FILE]\n";
+        "usage: fusebox scan [PATH] [--diff BASE | --history] "
+        "[--format text|json|sarif] [--fail-on high|blocked|never] "
+        "[--rules FILE]\n";
     const char *format = "text", *fail_on = "blocked", *rules_file = NULL,
                *base = NULL;
     diff_file *df = NULL;
     size_t ndf = 0;
-    int o, rc = 3;
+    int o, rc = 3, history = 0;
     optind = 1;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
@@ -1261,6 +1396,7 @@ int fb_cli_scan(int argc, char **argv)
         case 'F': fail_on = optarg; break;
         case 'r': rules_file = optarg; break;
         case 'd': base = optarg; break;
+        case 'H': history = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         default: fputs(usage, stderr); return 2;
         }
@@ -1272,6 +1408,7 @@ int fb_cli_scan(int argc, char **argv)
                     : strcmp(fail_on, "never") == 0   ? 3
                                                       : -1;
     if ((!json && !sarif && strcmp(format, "text") != 0) || fail_rank < 0 ||
+        (history && base != NULL) ||
         argc - optind > 1) {
         fprintf(stderr, "fusebox scan: %s", usage);
         return 2;
@@ -1354,6 +1491,12 @@ int fb_cli_scan(int argc, char **argv)
                 root);
         goto out;
     }
+    if (history && scan_history(rs, &rp, root) != 0) {
+        fprintf(stderr, "fusebox scan: cannot read the history of %s (a git "
+                        "work tree with commits?)\n",
+                root);
+        goto out;
+    }
     /* The tier and its reasons. */
     size_t nf = json_array_size(rp.findings), nsecret = 0, npaid = 0,
            ndirect = 0, nschema = 0, i;
@@ -1432,7 +1575,9 @@ int fb_cli_scan(int argc, char **argv)
             const char *k = json_string_value(json_object_get(x, "kind"));
             const char *via = json_string_value(json_object_get(x, "via"));
             int sec = strcmp(k, "secret") == 0;
-            printf("%s:%lld:%lld: %s: %s (%s): %s%s%s [%s]\n",
+            const char *commit =
+                json_string_value(json_object_get(x, "commit"));
+            printf("%s:%lld:%lld: %s: %s (%s): %s%s%s%s%s [%s]\n",
                    json_string_value(json_object_get(x, "file")),
                    (long long)json_integer_value(json_object_get(x, "line")),
                    (long long)json_integer_value(json_object_get(x, "column")),
@@ -1442,6 +1587,7 @@ int fb_cli_scan(int argc, char **argv)
                    json_string_value(json_object_get(x, sec ? "redacted"
                                                             : "match")),
                    via ? ", via " : "", via ? via : "",
+                   commit ? ", in commit " : "", commit ? commit : "",
                    json_string_value(json_object_get(x, "fingerprint")));
         }
         printf("tier: %s (%zu secret%s, %zu paid call site%s, %zu schema "

@@ -231,6 +231,35 @@ describe('fusebox scan', () => {
     rmSync(d, { recursive: true, force: true });
   });
 
+  it('--history finds a key that a later commit removed, once, with its commit', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'fusebox-scan-hist-'));
+    const git = (...a) => execFileSync('git', ['-C', d, ...a], { stdio: 'pipe' }).toString();
+    git('init', '-q');
+    git('config', 'user.email', 't@example.invalid');
+    git('config', 'user.name', 'test');
+    const k = fake('sk-ant-api03-', 90);
+    writeFileSync(join(d, 'job.py'), `import anthropic\n\nKEY = "${k}"\n`);
+    git('add', '-A');
+    git('commit', '-q', '-m', 'add a key');
+    const leak = git('rev-parse', 'HEAD').trim();
+    writeFileSync(join(d, 'job.py'), `import anthropic\n\nKEY = "${k}"\nprint(1)\n`);
+    git('commit', '-q', '-am', 'touch');
+    writeFileSync(join(d, 'job.py'), 'import anthropic\nimport os\nKEY = os.environ["ANTHROPIC_API_KEY"]\n');
+    git('commit', '-q', '-am', 'move the key out');
+
+    const now = JSON.parse((await run(['scan', d, '--format', 'json'])).stdout);
+    assert.equal(now.findings.filter((f) => f.kind === 'secret').length, 0, 'the work tree is clean');
+    const r = await run(['scan', d, '--history', '--format', 'json']);
+    assert.equal(r.code, 1);
+    assert.ok(!r.stdout.includes(k) && !r.stdout.includes(k.slice(10)), 'the history report holds the key');
+    const j = JSON.parse(r.stdout);
+    const old = j.findings.filter((f) => f.kind === 'secret');
+    assert.deepEqual(old.map((f) => [f.file, f.line, f.rule, f.commit]),
+      [['job.py', 3, 'anthropic-api-key', leak.slice(0, 12)]], 'once, in the commit that added it');
+    assert.equal((await run(['scan', d, '--history', '--diff', 'HEAD'])).code, 2, '--history and --diff together');
+    rmSync(d, { recursive: true, force: true });
+  });
+
   it('exit statuses follow --fail-on; usage errors and unreadable input have their own', async () => {
     assert.equal((await run(['scan', dir, '--fail-on', 'never'])).code, 0);
     assert.equal((await run(['scan', dir, '--fail-on', 'high'])).code, 1);
