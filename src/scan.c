@@ -461,7 +461,9 @@ static int placeholder(const rule *r, const char *s, size_t n)
 typedef struct lines {
     const char *buf;
     size_t len;
-    const char *via; /* paid calls in this file: "fusebox" or "direct" */
+    const char *low; /* buf lowercased */
+    const char *via; /* paid calls in this file: "fusebox" or "direct";
+                        NULL until a paid call asks */
     size_t *start; /* offsets of line starts, built on first use */
     size_t n;
 } lines;
@@ -520,6 +522,23 @@ static void fingerprint(const char *rule_id, const char *file, int64_t line,
         snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
+/* Paid calls in a file that names the gateway (a base URL from the
+ * environment, FUSEBOX_URL, the default port) go through fusebox; looked
+ * for once per file, when it has a paid call. */
+static const char *via_of(lines *L)
+{
+    static const char *const gateway[] = {"openai_base_url",
+                                          "anthropic_base_url", "fusebox_url",
+                                          "fusebox", ":8787"};
+    if (L->via == NULL) {
+        L->via = "direct";
+        for (size_t i = 0; i < sizeof gateway / sizeof gateway[0]; i++)
+            if (memmem(L->low, L->len, gateway[i], strlen(gateway[i])) != NULL)
+                L->via = "fusebox";
+    }
+    return L->via;
+}
+
 /* Where secrets were found in this buffer: a weak rule's match that
  * overlaps one is the same secret, already reported. */
 typedef struct spans {
@@ -556,7 +575,8 @@ static void match_line(const rule *r, pcre2_match_context *mc,
                        const char *le,
                        void (*fn)(void *, const fb_scan_finding *), void *arg)
 {
-    if (contains_ci(ls, (size_t)(le - ls), "fusebox:allow"))
+    const char *lls = L->low + (ls - L->buf);
+    if (memmem(lls, (size_t)(le - ls), "fusebox:allow", 13) != NULL)
         return;
     PCRE2_SIZE start = 0, n = (PCRE2_SIZE)(le - ls);
     while (start <= n) {
@@ -579,7 +599,9 @@ static void match_line(const rule *r, pcre2_match_context *mc,
                                  .desc = r->desc,
                                  .file = file,
                                  .length = sl,
-                                 .via = L->via};
+                                 .via = strcmp(r->kind, "paid") == 0
+                                            ? via_of(L)
+                                            : NULL};
             f.line = line_of(L, (size_t)(sec - L->buf), &f.column);
             if (secret) /* never the secret: 4 characters and the length */
                 snprintf(f.redacted, sizeof f.redacted, "%.*s...(%zu chars)",
@@ -639,16 +661,7 @@ int fb_scan_buffer(const fb_scan_rules *rs, const char *file, const char *buf,
         char c = buf[i];
         low[i] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
     }
-    /* Paid calls in a file that names the gateway (a base URL from the
-     * environment, FUSEBOX_URL, the default port) go through fusebox. */
-    static const char *const gateway[] = {"openai_base_url",
-                                          "anthropic_base_url", "fusebox_url",
-                                          "fusebox", ":8787"};
-    const char *via = "direct";
-    for (size_t i = 0; i < sizeof gateway / sizeof gateway[0]; i++)
-        if (memmem(low, len, gateway[i], strlen(gateway[i])) != NULL)
-            via = "fusebox";
-    lines L = {.buf = buf, .len = len, .via = via};
+    lines L = {.buf = buf, .len = len, .low = low};
     spans sp = {0};
     /* One pass: for each rule, the ends of the lines holding one of its
      * keywords, in order. */
