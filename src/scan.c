@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "keys.h"
+#include "map.h"
 
 extern const char fb_scan_rules_builtin_text[];
 extern const size_t fb_scan_rules_builtin_text_len;
@@ -462,6 +464,8 @@ typedef struct lines {
     const char *buf;
     size_t len;
     const char *low; /* buf lowercased */
+    const int64_t *map; /* --history: the real number of each line, or NULL */
+    size_t nmap;
     const char *via; /* paid calls in this file: "fusebox" or "direct";
                         NULL until a paid call asks */
     size_t *start; /* offsets of line starts, built on first use */
@@ -497,29 +501,39 @@ static int64_t line_of(lines *L, size_t off, int64_t *col)
             hi = mid;
     }
     *col = (int64_t)(off - L->start[lo]) + 1;
+    if (L->map != NULL) /* the commit's own line numbers */
+        return lo < L->nmap ? L->map[lo] : 0;
     return (int64_t)lo + 1;
 }
 
+/* 16 hex digits of the SHA-256 of parts: rule, file, line, secret. */
+static void digest(const char *rule_id, const char *file, int64_t line,
+                   const char *s, size_t n, char out[17])
+{
+    char *head = NULL;
+    uint8_t h[32];
+    int hl = asprintf(&head, "%s\n%s\n%lld\n", rule_id, file, (long long)line);
+    char *t = hl >= 0 ? malloc((size_t)hl + n + 1) : NULL;
+    memset(out, '0', 16);
+    out[16] = '\0';
+    if (t != NULL) {
+        memcpy(t, head, (size_t)hl);
+        memcpy(t + hl, s, n);
+        fb_key_hash(t, (size_t)hl + n, h);
+        for (int i = 0; i < 8; i++)
+            snprintf(out + 2 * i, 3, "%02x", h[i]);
+    }
+    free(t);
+    if (hl >= 0)
+        free(head);
+}
+
+/* The finding's fingerprint: rule, file, line and secret (stable while
+ * the secret stays where it is). */
 static void fingerprint(const char *rule_id, const char *file, int64_t line,
                         const char *s, size_t n, char out[17])
 {
-    char head[600];
-    int hl = snprintf(head, sizeof head, "%s\n%s\n%lld\n", rule_id, file,
-                      (long long)line);
-    uint8_t h[32];
-    size_t tl = (size_t)(hl > 0 ? hl : 0) + n;
-    char *t = malloc(tl ? tl : 1);
-    if (t == NULL) {
-        memset(out, '0', 16);
-        out[16] = '\0';
-        return;
-    }
-    memcpy(t, head, (size_t)hl);
-    memcpy(t + hl, s, n);
-    fb_key_hash(t, tl, h);
-    free(t);
-    for (int i = 0; i < 8; i++)
-        snprintf(out + 2 * i, 3, "%02x", h[i]);
+    digest(rule_id, file, line, s, n, out);
 }
 
 /* Paid calls in a file that names the gateway (a base URL from the
@@ -540,17 +554,46 @@ static const char *via_of(lines *L)
 }
 
 /* Where secrets were found in this buffer: a weak rule's match that
- * overlaps one is the same secret, already reported. */
+ * overlaps one is the same secret, already reported. Sorted (by start)
+ * before the weak rules run, then searched. */
 typedef struct spans {
     size_t *v; /* start, end pairs */
     size_t n, cap;
+    int sorted;
 } spans;
 
-static int overlaps(const spans *sp, size_t so, size_t eo)
+#define SPAN_MAX 4096 /* a secret longer than this is not one */
+
+static int cmp_span(const void *a, const void *b)
 {
-    for (size_t i = 0; i < sp->n; i += 2)
-        if (so < sp->v[i + 1] && sp->v[i] < eo)
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int overlaps(spans *sp, size_t so, size_t eo)
+{
+    if (sp->n == 0)
+        return 0;
+    if (!sp->sorted) {
+        qsort(sp->v, sp->n / 2, 2 * sizeof *sp->v, cmp_span);
+        sp->sorted = 1;
+    }
+    /* the last span that starts before eo, then back while they could
+     * still reach so */
+    size_t lo = 0, hi = sp->n / 2;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (sp->v[2 * mid] < eo)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t i = lo; i-- > 0;) {
+        if (sp->v[2 * i + 1] > so)
             return 1;
+        if (sp->v[2 * i] + SPAN_MAX < so)
+            break;
+    }
     return 0;
 }
 
@@ -566,8 +609,8 @@ static void span_add(spans *sp, size_t so, size_t eo)
     }
     sp->v[sp->n++] = so;
     sp->v[sp->n++] = eo;
+    sp->sorted = 0;
 }
-
 
 /* One line [ls, le) of buf, against one rule. */
 static void match_line(const rule *r, pcre2_match_context *mc,
@@ -590,10 +633,19 @@ static void match_line(const rule *r, pcre2_match_context *mc,
         size_t sl = eo - so;
         size_t abs = (size_t)(sec - L->buf);
         int secret = strcmp(r->kind, "secret") == 0;
+        /* Hex holds 4 bits a character at most: its threshold is half a
+         * bit lower, or most random hex keys would pass as names. */
+        double need = r->entropy;
+        size_t hexn = 0;
+        while (hexn < sl && strchr("0123456789abcdefABCDEF", sec[hexn]))
+            hexn++;
+        if (hexn == sl && need > 0.5)
+            need -= 0.5;
         if (sl > 0 && (!secret || !placeholder(r, sec, sl)) &&
-            (r->entropy <= 0 || entropy(sec, sl) >= r->entropy) &&
+            (need <= 0 || entropy(sec, sl) >= need) &&
             !(r->weak && overlaps(sp, abs, abs + sl))) {
-            span_add(sp, abs, abs + sl);
+            if (secret)
+                span_add(sp, abs, abs + sl);
             fb_scan_finding f = {.kind = r->kind,
                                  .rule = r->id,
                                  .desc = r->desc,
@@ -612,6 +664,7 @@ static void match_line(const rule *r, pcre2_match_context *mc,
                                           ? sec[i]
                                           : '?';
             fingerprint(r->id, file, f.line, sec, sl, f.fingerprint);
+            digest(r->id, "", 0, sec, sl, f.key);
             fn(arg, &f);
         }
         start = ov[1] > ov[0] ? ov[1] : ov[0] + 1;
@@ -650,6 +703,15 @@ int fb_scan_buffer(const fb_scan_rules *rs, const char *file, const char *buf,
                    void (*fn)(void *arg, const fb_scan_finding *f),
                    void *arg)
 {
+    return fb_scan_buffer_mapped(rs, file, buf, len, NULL, 0, fn, arg);
+}
+
+int fb_scan_buffer_mapped(const fb_scan_rules *rs, const char *file,
+                          const char *buf, size_t len, const int64_t *map,
+                          size_t nmap,
+                          void (*fn)(void *arg, const fb_scan_finding *f),
+                          void *arg)
+{
     if (memchr(buf, '\0', len < BINARY_PROBE ? len : BINARY_PROBE) != NULL)
         return 1;
     /* The prefilter: keywords in a lowercased copy, then only the lines
@@ -661,7 +723,7 @@ int fb_scan_buffer(const fb_scan_rules *rs, const char *file, const char *buf,
         char c = buf[i];
         low[i] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
     }
-    lines L = {.buf = buf, .len = len, .low = low};
+    lines L = {.buf = buf, .len = len, .low = low, .map = map, .nmap = nmap};
     spans sp = {0};
     /* One pass: for each rule, the ends of the lines holding one of its
      * keywords, in order. */
@@ -756,10 +818,10 @@ typedef struct report {
     size_t ncols;
     char **code;      /* added lines of code (not migrations): "file:line\ttext" */
     size_t ncode;
-    /* --history: the commit being read, and its added lines' numbers */
+    /* --history: the commit being read; the secrets seen (file and key) */
     const char *commit;
-    const int64_t *hist_lines;
-    size_t hist_n;
+    fb_map *seen;
+    size_t lost; /* findings that could not be reported */
 } report;
 
 static int added(const diff_file *d, int64_t line)
@@ -783,33 +845,47 @@ static int ignored_path(const report *rp, const char *path)
     return 0;
 }
 
+/* s as valid UTF-8 with no control character: a file name is bytes, JSON
+ * and SARIF want text, and a terminal must not be driven by a name.
+ * Other bytes become '?'. */
+static void clean_text(const char *s, char *out, size_t cap)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t o = 0;
+    while (*p && o + 5 < cap) {
+        unsigned char c = *p;
+        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        int ok = k > 0 && c != 0xc0 && c != 0xc1 && c < 0xf5;
+        for (size_t i = 1; ok && i < k; i++)
+            ok = (p[i] & 0xc0) == 0x80;
+        if (k == 1 && (c < 0x20 || c == 0x7f))
+            ok = 0;
+        if (!ok) {
+            out[o++] = '?';
+            p++;
+            continue;
+        }
+        memcpy(out + o, p, k);
+        o += k;
+        p += k;
+    }
+    out[o] = '\0';
+}
+
 static void on_finding(void *arg, const fb_scan_finding *f)
 {
     report *rp = arg;
-    fb_scan_finding h;
     if (rp->commit != NULL) {
         /* --history: secrets only (a paid call of the past ships nothing
-         * now), at the line the commit gave them, each secret once */
-        if (strcmp(f->kind, "secret") != 0 || f->line < 1 ||
-            (size_t)f->line > rp->hist_n)
+         * now), each secret of a file once (its newest commit) */
+        char k[4200];
+        if (strcmp(f->kind, "secret") != 0)
             return;
-        h = *f;
-        h.line = rp->hist_lines[f->line - 1];
-        size_t i;
-        json_t *x;
-        json_array_foreach(rp->findings, i, x)
-        {
-            const char *c = json_string_value(json_object_get(x, "commit"));
-            if (c != NULL &&
-                strcmp(json_string_value(json_object_get(x, "rule")),
-                       f->rule) == 0 &&
-                strcmp(json_string_value(json_object_get(x, "file")),
-                       f->file) == 0 &&
-                strcmp(json_string_value(json_object_get(x, "redacted")),
-                       f->redacted) == 0)
-                return; /* the same secret, seen in a later commit */
-        }
-        f = &h;
+        int kl = snprintf(k, sizeof k, "%s\n%s", f->key, f->file);
+        if (kl < 0 || (size_t)kl >= sizeof k ||
+            fb_map_get(rp->seen, k, (size_t)kl) != NULL)
+            return;
+        (void)fb_map_put(rp->seen, k, (size_t)kl, (void *)1, NULL);
     }
     if (rp->diff && strcmp(f->kind, "migration") != 0 &&
         !added(rp->cur, f->line))
@@ -818,26 +894,34 @@ static void on_finding(void *arg, const fb_scan_finding *f)
         if (strcmp(rp->ignore[i], f->fingerprint) == 0)
             return;
     int secret = strcmp(f->kind, "secret") == 0;
+    char file[4096], shown[128], desc[256];
+    clean_text(f->file, file, sizeof file);
+    clean_text(f->redacted, shown, sizeof shown);
+    clean_text(f->desc, desc, sizeof desc);
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s,s:I,s:s,s:s}", "kind",
-                          f->kind, "rule", f->rule, "message", f->desc, "file",
-                          f->file, "line", (json_int_t)f->line, "column",
+                          f->kind, "rule", f->rule, "message", desc, "file",
+                          file, "line", (json_int_t)f->line, "column",
                           (json_int_t)f->column, secret ? "redacted" : "match",
-                          f->redacted, "length", (json_int_t)f->length,
+                          shown, "length", (json_int_t)f->length,
                           "fingerprint", f->fingerprint, "tier",
                           secret ? "blocked" : "high");
-    if (o != NULL && f->via != NULL && strcmp(f->kind, "paid") == 0)
+    if (o == NULL) {
+        rp->lost++; /* cannot be reported: the scan fails (exit 3) */
+        return;
+    }
+    if (f->via != NULL && strcmp(f->kind, "paid") == 0)
         json_object_set_new(o, "via", json_string(f->via));
-    if (o != NULL && rp->commit != NULL)
+    if (rp->commit != NULL)
         json_object_set_new(o, "commit", json_string(rp->commit));
-    if (o != NULL)
-        json_array_append_new(rp->findings, o);
+    json_array_append_new(rp->findings, o);
 }
 
 /* "git -C 'ROOT" into cmd, ROOT quoted for the shell (' becomes '\''),
  * the quote left open for the caller's "' ARGS"; returns the length. */
 static size_t git_prefix(const char *root, char *cmd, size_t cap)
 {
-    size_t o = (size_t)snprintf(cmd, cap, "git -C '");
+    /* names as they are (not "caf\303\251"), paths from ROOT */
+    size_t o = (size_t)snprintf(cmd, cap, "git -c core.quotePath=false -C '");
     for (const char *p = root; *p && o + 8 < cap; p++) {
         if (*p == '\'') {
             memcpy(cmd + o, "'\\''", 4);
@@ -959,20 +1043,77 @@ static void pair_report(report *rp, json_t *reasons)
     }
 }
 
+/* "@@ -a[,b] +c[,d] @@": the lines the hunk removes and adds, and where
+ * the added ones start. 0 when it is not a hunk header. */
+static int hunk_header(const char *line, long long *old_n, long long *new_at,
+                       long long *new_n)
+{
+    long long a, b = 1, c, d = 1;
+    const char *p = line + 3;
+    if (strncmp(line, "@@ -", 4) != 0)
+        return 0;
+    if (sscanf(p, "-%lld,%lld", &a, &b) < 1)
+        return 0;
+    p = strchr(p, '+');
+    if (p == NULL || sscanf(p, "+%lld,%lld", &c, &d) < 1)
+        return 0;
+    *old_n = b;
+    *new_at = c;
+    *new_n = d;
+    return 1;
+}
+
+/* The path of a "+++ " header (git's b/ side), unquoted; "" for
+ * /dev/null. A name git still quotes ("a\\tb") is unescaped. */
+static void header_path(const char *s, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    if (strncmp(s, "/dev/null", 9) == 0)
+        return;
+    if (*s == '"') {
+        for (s++; *s && *s != '"' && o + 1 < cap; s++) {
+            char c = *s;
+            if (c == '\\' && s[1]) {
+                s++;
+                if (*s >= '0' && *s <= '7' && s[1] >= '0' && s[1] <= '7' &&
+                    s[2] >= '0' && s[2] <= '7') {
+                    c = (char)((s[0] - '0') * 64 + (s[1] - '0') * 8 +
+                               (s[2] - '0'));
+                    s += 2;
+                } else {
+                    c = *s == 't' ? '\t' : *s == 'n' ? '\n' : *s;
+                }
+            }
+            out[o++] = c;
+        }
+    } else {
+        /* a name with a blank ends with a tab */
+        while (*s && *s != '\t' && *s != '\n' && o + 1 < cap)
+            out[o++] = *s++;
+    }
+    out[o] = '\0';
+    if (strncmp(out, "b/", 2) == 0)
+        memmove(out, out + 2, strlen(out + 2) + 1);
+}
+
 /* `git diff -U0 BASE` of the work tree: the lines each file gained. */
 static int git_diff(const char *root, const char *base, diff_file **out,
                     size_t *nout)
 {
     char cmd[4400];
     size_t o = git_prefix(root, cmd, sizeof cmd);
-    /* BASE is checked to be a revision name: no shell in it. */
+    /* BASE is checked to be a revision name: no shell in it, and not an
+     * option either. */
+    if (base[0] == '-' || base[0] == '\0')
+        return -2;
     for (const char *p = base; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
               (*p >= '0' && *p <= '9') || strchr("/._-~^@{}", *p)))
             return -2;
     snprintf(cmd + o, sizeof cmd - o,
-             "' diff --no-color --no-ext-diff -U0 --diff-filter=d %s -- "
-             "2>/dev/null",
+             "' diff --no-color --no-ext-diff --relative --src-prefix=a/ "
+             "--dst-prefix=b/ -U0 --diff-filter=d %s -- 2>/dev/null",
              base);
     FILE *p = popen(cmd, "r");
     if (p == NULL)
@@ -982,37 +1123,50 @@ static int git_diff(const char *root, const char *base, diff_file **out,
     ssize_t n;
     diff_file *v = NULL;
     size_t nv = 0;
+    long long old_left = 0, new_left = 0;
+    char path[4096];
     while ((n = getline(&line, &cap, p)) > 0) {
-        if (strncmp(line, "+++ ", 4) == 0) {
-            char *path = line + 4;
-            path[strcspn(path, "\n")] = '\0';
-            if (strcmp(path, "/dev/null") == 0)
+        /* A hunk's body is exactly its removed and added lines: a body
+         * line that looks like a header ("++ b/x" added) is not one. */
+        if (old_left > 0 || new_left > 0) {
+            if (line[0] == '-')
+                old_left--;
+            else if (line[0] == '+')
+                new_left--;
+            else if (line[0] != '\\')
+                old_left = new_left = 0; /* not a body line after all */
+            if (old_left > 0 || new_left > 0 || line[0] == '-' ||
+                line[0] == '+')
                 continue;
-            if (strncmp(path, "b/", 2) == 0)
-                path += 2;
+        }
+        if (strncmp(line, "+++ ", 4) == 0) {
+            header_path(line + 4, path, sizeof path);
+            if (path[0] == '\0')
+                continue;
             diff_file *nvp = realloc(v, (nv + 1) * sizeof *v);
             if (nvp == NULL)
                 break;
             v = nvp;
             v[nv] = (diff_file){.path = strdup(path)};
             nv++;
-        } else if (strncmp(line, "@@ ", 3) == 0 && nv > 0) {
-            long long c = 0, d = 1;
-            const char *plus = strchr(line + 3, '+');
-            if (plus == NULL || sscanf(plus + 1, "%lld,%lld", &c, &d) < 1)
+        } else if (nv > 0) {
+            long long c = 0, d = 1, b = 1;
+            if (!hunk_header(line, &b, &c, &d))
                 continue;
+            old_left = b;
+            new_left = d;
             if (d <= 0)
                 continue;
             diff_file *f = &v[nv - 1];
             if (f->n == f->cap) {
                 size_t nc = f->cap ? 2 * f->cap : 8;
                 int64_t *a = realloc(f->from, nc * sizeof *a);
-                int64_t *b = a ? realloc(f->to, nc * sizeof *b) : NULL;
+                int64_t *bb = a ? realloc(f->to, nc * sizeof *bb) : NULL;
                 if (a)
                     f->from = a;
-                if (b == NULL)
+                if (bb == NULL)
                     continue;
-                f->to = b;
+                f->to = bb;
                 f->cap = nc;
             }
             f->from[f->n] = c;
@@ -1039,14 +1193,26 @@ static int git_diff(const char *root, const char *base, diff_file **out,
 static int scan_file(const fb_scan_rules *rs, report *rp, const char *root,
                      const char *rel)
 {
-    char path[4096];
+    char path[8192];
     struct stat st;
     snprintf(path, sizeof path, "%s/%s", root, rel);
     if (ignored_path(rp, rel))
         return 0;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return errno == ENOENT ? 0 : -1; /* deleted in the work tree */
+    /* Regular files only, never through a link (a tracked symlink may
+     * point out of the repository, or at a FIFO that would block). */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ELOOP)
+            return 0; /* a symlink */
+        /* gone from the work tree: fine for ls-files (deleted, not yet
+         * staged), not for a file git diff just named */
+        return errno == ENOENT && !rp->diff ? 0 : -1;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (f == NULL) {
+        close(fd);
+        return -1;
+    }
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(f);
         return 0;
@@ -1225,17 +1391,19 @@ static void hist_flush(const fb_scan_rules *rs, report *rp, const char *file,
 {
     if (file[0] == '\0' || len == 0 || ignored_path(rp, file))
         return;
-    rp->hist_lines = nums;
-    rp->hist_n = nlines;
-    (void)fb_scan_buffer(rs, file, buf, len, on_finding, rp);
+    (void)fb_scan_buffer_mapped(rs, file, buf, len, nums, nlines, on_finding,
+                                rp);
 }
 
 static int scan_history(const fb_scan_rules *rs, report *rp, const char *root)
 {
     char cmd[4400];
     size_t o = git_prefix(root, cmd, sizeof cmd);
+    /* merges too (what a merge's resolution added, against its first
+     * parent) */
     snprintf(cmd + o, sizeof cmd - o,
-             "' log -p -U0 --no-color --no-ext-diff --no-renames "
+             "' log -p -U0 --no-color --no-ext-diff --no-renames --relative "
+             "--src-prefix=a/ --dst-prefix=b/ --diff-merges=first-parent "
              "--format=%%x01%%H HEAD -- 2>/dev/null");
     FILE *p = popen(cmd, "r");
     if (p == NULL)
@@ -1243,12 +1411,30 @@ static int scan_history(const fb_scan_rules *rs, report *rp, const char *root)
     char *line = NULL, *buf = NULL, file[4096] = "", commit[16] = "";
     size_t lcap = 0, blen = 0, bcap = 0, nl = 0, lncap = 0;
     int64_t *nums = NULL, at = 0;
+    long long old_left = 0, new_left = 0;
     ssize_t n;
     int rc = 0;
     while ((n = getline(&line, &lcap, p)) > 0) {
         if (line[n - 1] == '\n')
             line[--n] = '\0';
-        int boundary = line[0] == '\x01' || strncmp(line, "diff --git ", 11) == 0;
+        /* a hunk's body: exactly its removed and added lines */
+        int body = 0;
+        if (old_left > 0 || new_left > 0) {
+            if (line[0] == '-' && old_left > 0) {
+                old_left--;
+                continue;
+            }
+            if (line[0] == '+' && new_left > 0) {
+                new_left--;
+                body = 1;
+            } else if (line[0] == '\\') {
+                continue;
+            } else {
+                old_left = new_left = 0;
+            }
+        }
+        int boundary = !body && (line[0] == '\x01' ||
+                                 strncmp(line, "diff --git ", 11) == 0);
         if (boundary) {
             hist_flush(rs, rp, file, buf, blen, nums, nl);
             blen = nl = 0;
@@ -1259,22 +1445,18 @@ static int scan_history(const fb_scan_rules *rs, report *rp, const char *root)
             }
             continue;
         }
-        if (strncmp(line, "+++ ", 4) == 0) {
-            const char *f = line + 4;
-            snprintf(file, sizeof file, "%s",
-                     strcmp(f, "/dev/null") == 0 ? ""
-                     : strncmp(f, "b/", 2) == 0  ? f + 2
-                                                 : f);
+        if (!body && strncmp(line, "+++ ", 4) == 0) {
+            header_path(line + 4, file, sizeof file);
             continue;
         }
-        if (strncmp(line, "@@ ", 3) == 0) {
-            const char *plus = strchr(line + 3, '+');
-            long long c = 0;
-            if (plus != NULL && sscanf(plus + 1, "%lld", &c) == 1)
-                at = c;
+        long long hb, hc, hd;
+        if (!body && hunk_header(line, &hb, &hc, &hd)) {
+            at = hc;
+            old_left = hb;
+            new_left = hd;
             continue;
         }
-        if (line[0] != '+' || file[0] == '\0')
+        if (!body || file[0] == '\0')
             continue;
         /* an added line: into the buffer, with its number */
         size_t ll = (size_t)n - 1;
@@ -1309,13 +1491,28 @@ static int scan_history(const fb_scan_rules *rs, report *rp, const char *root)
     if (rc == 0)
         hist_flush(rs, rp, file, buf, blen, nums, nl);
     rp->commit = NULL;
-    rp->hist_lines = NULL;
     free(line);
     free(buf);
     free(nums);
     if (pclose(p) != 0)
         rc = -1;
     return rc;
+}
+
+/* A relative path as a URI reference (RFC 3986): unreserved bytes and
+ * "/" as they are, every other byte %XX. */
+static void uri_path(const char *p, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (; *p && o + 4 < cap; p++) {
+        unsigned char c = (unsigned char)*p;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+            (c >= '0' && c <= '9') || strchr("-._~/", c))
+            out[o++] = (char)c;
+        else
+            o += (size_t)snprintf(out + o, cap - o, "%%%02X", c);
+    }
+    out[o] = '\0';
 }
 
 /* SARIF 2.1.0, as GitHub code scanning takes it: the rules that have
@@ -1357,13 +1554,15 @@ static char *sarif_text(json_t *findings, const char *tier, json_t *reasons)
                                 : "through fusebox")
                          : "",
                      json_string_value(json_object_get(f, "match")));
+        char uri[3 * 4096];
+        uri_path(json_string_value(json_object_get(f, "file")), uri,
+                 sizeof uri);
         json_t *res = json_pack(
             "{s:s,s:I,s:s,s:{s:s},s:[{s:{s:{s:s,s:s},s:{s:I,s:I}}}],"
             "s:{s:s}}",
             "ruleId", rid, "ruleIndex", json_integer_value(at), "level",
             secret ? "error" : "warning", "message", "text", msg, "locations",
-            "physicalLocation", "artifactLocation", "uri",
-            json_string_value(json_object_get(f, "file")), "uriBaseId",
+            "physicalLocation", "artifactLocation", "uri", uri, "uriBaseId",
             "%SRCROOT%", "region", "startLine",
             json_integer_value(json_object_get(f, "line")), "startColumn",
             json_integer_value(json_object_get(f, "column")),
@@ -1490,10 +1689,14 @@ int fb_cli_scan(int argc, char **argv)
         rp.cur = NULL;
     } else if (git_files(root, &files, &flen) == 0) {
         walked = 0;
+        const char *prev = "";
         for (size_t i = 0; i < flen && walked == 0;) {
             const char *rel = files + i;
             size_t l = strnlen(rel, flen - i);
-            walked = scan_file(rs, &rp, root, rel);
+            /* a file in a merge conflict is listed once per stage */
+            if (strcmp(rel, prev) != 0)
+                walked = scan_file(rs, &rp, root, rel);
+            prev = rel;
             i += l + 1;
         }
     } else {
@@ -1504,10 +1707,18 @@ int fb_cli_scan(int argc, char **argv)
                 root);
         goto out;
     }
+    if (history && (rp.seen = fb_map_new()) == NULL)
+        goto out;
     if (history && scan_history(rs, &rp, root) != 0) {
         fprintf(stderr, "fusebox scan: cannot read the history of %s (a git "
                         "work tree with commits?)\n",
                 root);
+        goto out;
+    }
+    if (rp.lost > 0) {
+        fprintf(stderr, "fusebox scan: %zu findings could not be reported "
+                        "(out of memory)\n",
+                rp.lost);
         goto out;
     }
     /* The tier and its reasons. */
@@ -1558,6 +1769,13 @@ int fb_cli_scan(int argc, char **argv)
     }
     if (rp.diff)
         pair_report(&rp, reasons);
+    if (rp.large > 0) {
+        snprintf(why, sizeof why,
+                 "%zu file%s over 16 MiB not read: look at %s by hand",
+                 rp.large, rp.large == 1 ? "" : "s",
+                 rp.large == 1 ? "it" : "them");
+        json_array_append_new(reasons, json_string(why));
+    }
     if (nf == 0)
         json_array_append_new(reasons,
                               json_string("no secret, paid call or schema "
@@ -1627,6 +1845,7 @@ out:
         free(rp.code[k]);
     free(rp.code);
     free(rp.cols);
+    fb_map_free(rp.seen, NULL);
     for (size_t k = 0; k < rp.nignore; k++)
         free(rp.ignore[k]);
     free(rp.ignore);

@@ -34,6 +34,8 @@ typedef struct fb_scan_finding {
                              seen, cut short */
     size_t length;        /* of the match */
     char fingerprint[17]; /* 16 hex digits */
+    char key[17];         /* a secret's: of the rule and the secret alone
+                             (the same key anywhere, in any commit) */
     const char *via;      /* paid: "fusebox" or "direct" */
 } fb_scan_finding;
 
@@ -48,6 +50,13 @@ int fb_scan_buffer(const fb_scan_rules *r, const char *file, const char *buf,
                    size_t len,
                    void (*fn)(void *arg, const fb_scan_finding *f),
                    void *arg);
+/* The same, line i of buf being line map[i] of the file (--history: a
+ * commit's added lines). */
+int fb_scan_buffer_mapped(const fb_scan_rules *r, const char *file,
+                          const char *buf, size_t len, const int64_t *map,
+                          size_t nmap,
+                          void (*fn)(void *arg, const fb_scan_finding *f),
+                          void *arg);
 
 /* fusebox scan [PATH] [--format text|json] [--fail-on high|blocked|never]
  * [--rules FILE]: exit 0 under the --fail-on tier, 1 at or above it, 2 for

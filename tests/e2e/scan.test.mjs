@@ -260,6 +260,47 @@ describe('fusebox scan', () => {
     rmSync(d, { recursive: true, force: true });
   });
 
+  it('awkward names and histories (found in review): spaces, subdirectories, links, rotated keys, bytes', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'fusebox-scan-odd-'));
+    const git = (...a) => execFileSync('git', ['-C', d, ...a], { stdio: 'pipe' }).toString();
+    git('init', '-q');
+    git('config', 'user.email', 't@example.invalid');
+    git('config', 'user.name', 'test');
+    mkdirSync(join(d, 'sub'));
+    writeFileSync(join(d, 'sub', 'base.txt'), 'nothing\n');
+    git('add', '-A');
+    git('commit', '-q', '-m', 'base');
+    // --diff: a name with a blank, and PATH a subdirectory
+    const k1 = fake('ghp_', 36);
+    writeFileSync(join(d, 'sub', 'with space.txt'), 'x\n');
+    git('add', '-A');
+    git('commit', '-q', '-m', 'empty file');
+    writeFileSync(join(d, 'sub', 'with space.txt'), `x\nGH=${k1}\n`);
+    const sub = JSON.parse((await run(['scan', join(d, 'sub'), '--diff', 'HEAD', '--format', 'json'])).stdout);
+    assert.deepEqual(sub.findings.map((f) => `${f.file}:${f.line}`), ['with space.txt:2']);
+    // --history: a key rotated for another is two keys
+    const k2 = fake('ghp_', 36);
+    git('commit', '-q', '-am', 'k1');
+    writeFileSync(join(d, 'sub', 'with space.txt'), `x\nGH=${k2}\n`);
+    git('commit', '-q', '-am', 'k2');
+    writeFileSync(join(d, 'sub', 'with space.txt'), 'x\n');
+    git('commit', '-q', '-am', 'gone');
+    const h = JSON.parse((await run(['scan', d, '--history', '--format', 'json'])).stdout);
+    assert.equal(h.findings.filter((f) => f.rule === 'github-token').length, 2, JSON.stringify(h.findings));
+    // A tracked link out of the repository is not followed.
+    const outside = mkdtempSync(join(tmpdir(), 'fusebox-scan-outside-'));
+    writeFileSync(join(outside, 'creds'), `token: ${fake('ghp_', 36)}\n`);
+    execFileSync('ln', ['-s', join(outside, 'creds'), join(d, 'link')]);
+    // A name that is not UTF-8 is still reported (with ? for its bad bytes).
+    writeFileSync(Buffer.concat([Buffer.from(join(d, 'caf')), Buffer.from([0xe9]), Buffer.from('.env')]),
+      `SECRET_KEY = "${fake('', 32, '0123456789abcdef')}"\n`);
+    const w = JSON.parse((await run(['scan', d, '--format', 'json'])).stdout);
+    const files = w.findings.filter((f) => f.kind === 'secret').map((f) => `${f.file}:${f.rule}`);
+    assert.deepEqual(files, ['caf?.env:generic-secret'], 'a hex secret in a name that is not UTF-8; no link followed');
+    rmSync(outside, { recursive: true, force: true });
+    rmSync(d, { recursive: true, force: true });
+  });
+
   it('exit statuses follow --fail-on; usage errors and unreadable input have their own', async () => {
     assert.equal((await run(['scan', dir, '--fail-on', 'never'])).code, 0);
     assert.equal((await run(['scan', dir, '--fail-on', 'high'])).code, 1);
@@ -270,7 +311,7 @@ describe('fusebox scan', () => {
     assert.equal(c.code, 0, c.stdout);
     assert.equal(JSON.parse(c.stdout).tier, 'low');
     rmSync(clean, { recursive: true, force: true });
-    for (const args of [['--format', 'xml'], ['--fail-on', 'sometimes'], ['a', 'b'], ['--nope']]) {
+    for (const args of [['--format', 'xml'], ['--fail-on', 'sometimes'], ['a', 'b'], ['--nope'], [dir, '--diff', '--cached']]) {
       const u = await run(['scan', ...args]);
       assert.equal(u.code, 2, `${args.join(' ')}: ${u.code}`);
       assert.equal(u.stdout, '');

@@ -247,6 +247,10 @@ static void test_twilio_private_generic(void **state)
     nothing("password = \"correct-horse-battery-staple\"\n"); /* words */
     nothing("secret_key = settings.DJANGO_SECRET_KEY_VALUE\n");
     nothing("token = \"aaaaaaaaaaaaaaaaaaaaaaaa1\"\n"); /* no entropy */
+    /* hex holds 4 bits a character: a random 32-digit one is a key */
+    snprintf(key, sizeof key, "%s", fake("", HEX, 32));
+    snprintf(t, sizeof t, "SECRET_KEY = \"%s\"\n", key);
+    found(t, "generic-secret", key);
 }
 
 static void test_positions_allow_binary(void **state)
@@ -263,6 +267,22 @@ static void test_positions_allow_binary(void **state)
     got g2 = scan(t);
     assert_string_equal(g.fp[0], g2.fp[0]);
     assert_int_equal(strlen(g.fp[0]), 16);
+    /* A long path: the fingerprint covers all of it, and is stable (it
+     * once hashed past a 600-byte buffer, differently each run). */
+    char longpath[800];
+    memset(longpath, 'd', sizeof longpath - 1);
+    longpath[sizeof longpath - 1] = '\0';
+    got l1 = {0}, l2 = {0};
+    fb_scan_buffer(rules, longpath, t, strlen(t), collect, &l1);
+    longpath[700] = 'e'; /* another path, far along */
+    fb_scan_buffer(rules, longpath, t, strlen(t), collect, &l2);
+    assert_int_equal(l1.n, 1);
+    assert_int_equal(l2.n, 1);
+    assert_string_not_equal(l1.fp[0], l2.fp[0]);
+    longpath[700] = 'd';
+    got l3 = {0};
+    fb_scan_buffer(rules, longpath, t, strlen(t), collect, &l3);
+    assert_string_equal(l1.fp[0], l3.fp[0]);
     /* Inline allow */
     snprintf(t, sizeof t, "x = '%s'  # fusebox:allow (a revoked test key)\n",
              key);
