@@ -321,8 +321,21 @@ static int parse_line(const char *s, const char *end, rule *r, char *why,
     return 0;
 }
 
+static fb_err load_lines(fb_scan_rules *rs, const char *text, size_t len,
+                         const char *origin, char *err, size_t errcap);
+
+/* The prefilter points into the rules' array: rebuilt after any change,
+ * a failed load's too (the lines before the bad one are in). */
 fb_err fb_scan_rules_load(fb_scan_rules *rs, const char *text, size_t len,
                           const char *origin, char *err, size_t errcap)
+{
+    fb_err e = load_lines(rs, text, len, origin, err, errcap);
+    fb_err i = index_build(rs);
+    return e != FB_OK ? e : i;
+}
+
+static fb_err load_lines(fb_scan_rules *rs, const char *text, size_t len,
+                         const char *origin, char *err, size_t errcap)
 {
     const char *p = text, *end = text + len;
     int lineno = 0;
@@ -370,7 +383,7 @@ fb_err fb_scan_rules_load(fb_scan_rules *rs, const char *text, size_t len,
             rs->n++;
         rs->v[at] = r;
     }
-    return index_build(rs);
+    return FB_OK;
 }
 
 fb_scan_rules *fb_scan_rules_builtin(void)

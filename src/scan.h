@@ -18,7 +18,8 @@ typedef struct fb_scan_rules fb_scan_rules;
 
 /* The built-in rules (NULL on ENOMEM). */
 fb_scan_rules *fb_scan_rules_builtin(void);
-/* Add (or replace, by id) rules from text; errors name "origin:LINE". */
+/* Add (or replace, by id) rules from text; errors name "origin:LINE"
+ * (the lines before it are loaded). */
 fb_err fb_scan_rules_load(fb_scan_rules *r, const char *text, size_t len,
                           const char *origin, char *err, size_t errcap);
 void fb_scan_rules_free(fb_scan_rules *r);

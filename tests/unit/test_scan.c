@@ -337,6 +337,23 @@ static void test_rules_file(void **state)
         {"secret x kw=ab entropy=many re=b\n", "mine.rules:1: entropy"},
         {"\nsecret\n", "mine.rules:2: expected KIND ID"},
     };
+    /* A load that fails after adding a rule (the array grew): the rules
+     * before the bad line are in, and the prefilter points at the new
+     * array (fuzzing found it reading the freed one). */
+    {
+        static const char part[] = "secret zz-token kw=zz_ re=(zz_[0-9]{8})\n"
+                                   "secret broken\n";
+        fb_scan_rules *r = fb_scan_rules_builtin();
+        assert_int_equal(fb_scan_rules_load(r, part, strlen(part), "p.rules",
+                                            err, sizeof err),
+                         FB_EINVAL);
+        got g = {0};
+        static const char text[] = "TOKEN = zz_31415926\n";
+        fb_scan_buffer(r, "x", text, strlen(text), collect, &g);
+        assert_int_equal(g.n, 1);
+        assert_string_equal(g.rule[0], "zz-token");
+        fb_scan_rules_free(r);
+    }
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         fb_scan_rules *r = fb_scan_rules_builtin();
         err[0] = '\0';
