@@ -929,6 +929,34 @@ static void on_finding(void *arg, const fb_scan_finding *f)
     json_array_append_new(rp->findings, o);
 }
 
+/* All of stream f into *out (malloc'd) and *len; -1 on a read error or
+ * ENOMEM (*out freed). */
+static int read_all(FILE *f, char **out, size_t *len)
+{
+    size_t cap = 1 << 16, n = 0, r;
+    char *b = malloc(cap);
+    while (b && (r = fread(b + n, 1, cap - n, f)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(b, cap * 2);
+            if (nb == NULL) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+            cap *= 2;
+        }
+    }
+    if (b == NULL || ferror(f)) {
+        free(b);
+        return -1;
+    }
+    *out = b;
+    *len = n;
+    return 0;
+}
+
 /* "git -C 'ROOT" into cmd, ROOT quoted for the shell (' becomes '\''),
  * the quote left open for the caller's "' ARGS"; returns the length. */
 static size_t git_prefix(const char *root, char *cmd, size_t cap)
@@ -1283,24 +1311,11 @@ static int git_list(const char *root, int untracked_only, char **out,
     FILE *p = popen(cmd, "r");
     if (p == NULL)
         return -1;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    size_t r;
-    while (b && (r = fread(b + n, 1, cap - n, p)) > 0) {
-        n += r;
-        if (n == cap) {
-            char *nb = realloc(b, cap * 2);
-            if (nb == NULL) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            cap *= 2;
-        }
-    }
+    char *b = NULL;
+    size_t n = 0;
+    int got = read_all(p, &b, &n);
     int st = pclose(p);
-    if (b == NULL || st != 0) {
+    if (got != 0 || st != 0) {
         free(b);
         return -1;
     }
@@ -1369,30 +1384,9 @@ static int read_text(const char *path, char **out, size_t *len)
     FILE *f = fopen(path, "rb");
     if (f == NULL)
         return -1;
-    size_t cap = 4096, n = 0, r;
-    char *b = malloc(cap);
-    while (b && (r = fread(b + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            char *nb = realloc(b, cap * 2);
-            if (nb == NULL) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    int bad = ferror(f);
+    int bad = read_all(f, out, len);
     fclose(f);
-    if (b == NULL || bad) {
-        free(b);
-        return -1;
-    }
-    *out = b;
-    *len = n;
-    return 0;
+    return bad;
 }
 
 /* --history: every commit's added lines (git log -p -U0, newest first),
