@@ -196,7 +196,8 @@ typedef enum {
     F_SAVED
 } field;
 
-static void each_series(FILE *f, fb_metrics *m, field what)
+static void each_series(FILE *f, fb_metrics *m, field what,
+                        const char *name)
 {
     size_t it = 0;
     void *v;
@@ -213,14 +214,7 @@ static void each_series(FILE *f, fb_metrics *m, field what)
                         s->blocked[3] == 0)
                 break;
         }
-        fputs(what == F_FORWARDED  ? "fusebox_forwarded_calls_total"
-              : what == F_PAID     ? "fusebox_paid_calls_total"
-              : what == F_REPLAYED ? "fusebox_replayed_calls_total"
-              : what == F_RETRIES  ? "fusebox_retries_total"
-              : what == F_TRIPS    ? "fusebox_fuse_trips_total"
-              : what == F_SPENT    ? "fusebox_spent_usd_total"
-                                   : "fusebox_saved_usd_total",
-              f);
+        fputs(name, f);
         tj(f, m, s);
         fputs("} ", f);
         switch (what) {
@@ -337,27 +331,29 @@ char *fb_metrics_render(fb_metrics *m, const fb_metrics_src *src,
     FILE *f = open_memstream(&buf, len);
     if (f == NULL)
         return NULL;
-    head(f, "fusebox_forwarded_calls_total", "counter",
-         "Calls forwarded to a provider and settled, since start.");
-    each_series(f, m, F_FORWARDED);
-    head(f, "fusebox_paid_calls_total", "counter",
-         "Forwarded calls that cost something (as the ledger counts them).");
-    each_series(f, m, F_PAID);
-    head(f, "fusebox_spent_usd_total", "counter",
-         "What the forwarded calls cost (USD), since start.");
-    each_series(f, m, F_SPENT);
-    head(f, "fusebox_replayed_calls_total", "counter",
-         "Calls answered from a kept result at no cost, since start.");
-    each_series(f, m, F_REPLAYED);
-    head(f, "fusebox_saved_usd_total", "counter",
-         "What the replayed calls cost when they were bought (USD).");
-    each_series(f, m, F_SAVED);
-    head(f, "fusebox_retries_total", "counter",
-         "Forwarded calls the client marked as retries.");
-    each_series(f, m, F_RETRIES);
-    head(f, "fusebox_fuse_trips_total", "counter",
-         "Fuses blown by the gateway (retry budgets), since start.");
-    each_series(f, m, F_TRIPS);
+    static const struct {
+        field what;
+        const char *name, *help;
+    } counters[] = {
+        {F_FORWARDED, "fusebox_forwarded_calls_total",
+         "Calls forwarded to a provider and settled, since start."},
+        {F_PAID, "fusebox_paid_calls_total",
+         "Forwarded calls that cost something (as the ledger counts them)."},
+        {F_SPENT, "fusebox_spent_usd_total",
+         "What the forwarded calls cost (USD), since start."},
+        {F_REPLAYED, "fusebox_replayed_calls_total",
+         "Calls answered from a kept result at no cost, since start."},
+        {F_SAVED, "fusebox_saved_usd_total",
+         "What the replayed calls cost when they were bought (USD)."},
+        {F_RETRIES, "fusebox_retries_total",
+         "Forwarded calls the client marked as retries."},
+        {F_TRIPS, "fusebox_fuse_trips_total",
+         "Fuses blown by the gateway (retry budgets), since start."},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+        head(f, counters[i].name, "counter", counters[i].help);
+        each_series(f, m, counters[i].what, counters[i].name);
+    }
     head(f, "fusebox_blocked_calls_total", "counter",
          "Calls refused by a fuse, by reason.");
     blocked(f, m);
