@@ -15,7 +15,7 @@
 
 PREFIX ?= /usr/local
 CC ?= cc
-PKGS := libevent libevent_pthreads libcurl sqlite3 jansson yaml-0.1 libcrypto libpcre2-8
+PKGS := libevent libevent_pthreads libcurl sqlite3 jansson yaml-0.1 libcrypto libpcre2-8 libpq
 
 ifeq ($(SANITIZE),1)
 BUILD ?= build-san

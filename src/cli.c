@@ -862,9 +862,10 @@ static int ledger_verify(int argc, char **argv)
     if ((c = fb_cli_config(cfg)) == NULL)
         return 1;
     /* Verify must not create an empty store where none was. */
-    if ((size_t)snprintf(db, sizeof db, "%s/fusebox.db", c->data_dir) >=
-            sizeof db ||
-        stat(db, &sb) != 0) {
+    if (fb_store_embedded(c) &&
+        ((size_t)snprintf(db, sizeof db, "%s/fusebox.db", c->data_dir) >=
+             sizeof db ||
+         stat(db, &sb) != 0)) {
         fprintf(stderr, "fusebox ledger verify: no store at %s\n", db);
         goto out;
     }
@@ -908,6 +909,54 @@ static int ledger_verify(int argc, char **argv)
 out:
     json_decref(x.checks);
     fb_store_close(s);
+    fb_config_free(c);
+    return rc;
+}
+
+/* ---- fusebox migrate ---- */
+
+int fb_cli_migrate(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *cfg = NULL, *kind = "";
+    char errbuf[1024];
+    int o, from, to, rc = 1;
+    fb_config *c = NULL;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': cfg = optarg; break;
+        case 'h':
+            printf("fusebox migrate --config FILE\n"
+                   "  bring the store's schema to this fusebox's version "
+                   "(PostgreSQL: before\n  nodes of a new version start; "
+                   "SQLite migrates as it opens)\n");
+            return 0;
+        default: return 2;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "fusebox migrate: unexpected '%s'\n", argv[optind]);
+        return 2;
+    }
+    if ((c = fb_cli_config(cfg)) == NULL)
+        return 1;
+    if (fb_store_migrate(c, &kind, &from, &to, errbuf, sizeof errbuf) !=
+        FB_OK) {
+        fprintf(stderr, "fusebox migrate: %s\n", errbuf);
+        goto out;
+    }
+    if (from < 0 || from == to)
+        printf("fusebox migrate: %s store at schema version %d\n", kind, to);
+    else
+        printf("fusebox migrate: %s store migrated from schema version %d "
+               "to %d\n",
+               kind, from, to);
+    rc = 0;
+out:
     fb_config_free(c);
     return rc;
 }

@@ -13,6 +13,8 @@ int fb_cli_replay(int argc, char **argv);
 /* fusebox ledger verify: the store's integrity and the ledger's
  * invariants; 0 clean, 1 a problem (or no store), 2 bad usage. */
 int fb_cli_ledger(int argc, char **argv);
+/* fusebox migrate: the store's schema to this build's version. */
+int fb_cli_migrate(int argc, char **argv);
 
 /* Load --config FILE (default ./fusebox.yaml or $FUSEBOX_CONFIG) found in
  * argv; prints the error and returns NULL on failure. */

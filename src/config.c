@@ -670,6 +670,65 @@ static fb_err admin_section(ctx *x, yaml_node_t *n, fb_config *c)
     return FB_OK;
 }
 
+int fb_store_url_ok(const char *s, size_t len)
+{
+    size_t skip = len >= 11 && memcmp(s, "postgres://", 11) == 0     ? 11
+                  : len >= 13 && memcmp(s, "postgresql://", 13) == 0 ? 13
+                                                                     : 0;
+    if (skip == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] <= ' ' || s[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+/* store: "sqlite" (the embedded default, under data_dir) or a PostgreSQL
+ * URL. The URL may hold a password: it is never echoed in a message. */
+static fb_err store_value(ctx *x, const yaml_node_t *n, fb_config *c)
+{
+    const char *s;
+    size_t len;
+    fb_err rc = scalar(x, n, "store", &s, &len);
+    if (rc != FB_OK)
+        return rc;
+    if (len == 6 && memcmp(s, "sqlite", 6) == 0) {
+        free(c->store_url);
+        c->store_url = NULL;
+        return FB_OK;
+    }
+    if (!fb_store_url_ok(s, len))
+        return fail(x, n, "store",
+                    "expected sqlite or a postgres:// URL (not echoed: it "
+                    "may hold a password)");
+    char *u = fb_strndup(s, len);
+    if (u == NULL)
+        return nomem(x);
+    free(c->store_url);
+    c->store_url = u;
+    return FB_OK;
+}
+
+/* cluster: how nodes sharing a PostgreSQL store hold budget slices. */
+static fb_err cluster_section(ctx *x, yaml_node_t *n, fb_config *c)
+{
+    enum { LEASE, NF };
+    field f[NF] = {[LEASE] = {.name = "lease_ms"}};
+    int64_t v;
+    fb_err rc;
+    if (is_null(n))
+        return FB_OK;
+    if ((rc = take_fields(x, n, "cluster", f, NF)) != FB_OK)
+        return rc;
+    if (f[LEASE].val != NULL) {
+        if ((rc = int_value(x, f[LEASE].val, "cluster.lease_ms", 1000, 600000,
+                            &v)) != FB_OK)
+            return rc;
+        c->cluster_lease_ms = (int)v;
+    }
+    return FB_OK;
+}
+
 /* ---- sections -------------------------------------------------------- */
 
 /* A sequence of strings (value() reads each: plain or a path) into *out. */
@@ -1469,6 +1528,8 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         REPLAY,
         ADMIN,
         ALERTS,
+        STORE,
+        CLUSTER,
         NF
     };
     field f[NF] = {
@@ -1484,6 +1545,8 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         [REPLAY] = {.name = "replay"},
         [ADMIN] = {.name = "admin"},
         [ALERTS] = {.name = "alerts"},
+        [STORE] = {.name = "store"},
+        [CLUSTER] = {.name = "cluster"},
     };
     static const char *const durabilities[] = {"process", "full"};
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -1504,6 +1567,7 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         if ((rc = path_value(x, f[DATA_DIR].val, "data_dir", &d)) != FB_OK)
             return rc;
         free(c->data_dir);
+    free(c->store_url);
         c->data_dir = d;
     }
     if (f[PRICES].val != NULL &&
@@ -1547,6 +1611,12 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         return rc;
     if (f[ALERTS].val != NULL &&
         (rc = alerts_section(x, f[ALERTS].val, c)) != FB_OK)
+        return rc;
+    if (f[STORE].val != NULL &&
+        (rc = store_value(x, f[STORE].val, c)) != FB_OK)
+        return rc;
+    if (f[CLUSTER].val != NULL &&
+        (rc = cluster_section(x, f[CLUSTER].val, c)) != FB_OK)
         return rc;
     return FB_OK;
 }
@@ -1610,6 +1680,7 @@ static fb_config *config_new(const char *file, const char *base_dir)
     c->alert_rule.runs_per_day = 5;
     c->alert_rule.forwards_per_fp = 3;
     c->alert_max_attempts = 5;
+    c->cluster_lease_ms = 10000;
     c->admin_token_env = fb_strndup("FUSEBOX_ADMIN_TOKEN", 19);
     if (c->path == NULL || c->listen_host == NULL || c->data_dir == NULL ||
         c->log_level == NULL || c->admin_host == NULL ||

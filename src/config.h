@@ -98,6 +98,11 @@ typedef struct fb_config {
     char *listen_host; /* "127.0.0.1" */
     int listen_port;   /* 8787 */
     char *data_dir;    /* absolute or config-relative, resolved */
+    char *store_url;   /* "store:": NULL for SQLite under data_dir, else a
+                          postgres:// URL (FUSEBOX_STORE overrides both) */
+    int cluster_lease_ms; /* "cluster.lease_ms": 10000; how long a dead
+                             node's budget slices and in-flight markers
+                             stay held (store_pg.c) */
     char **prices;     /* price files, resolved */
     size_t nprices;
     fb_model_price_conf *model_prices; /* "model_prices:" overrides */
@@ -165,6 +170,9 @@ fb_err fb_config_load(const char *path, fb_config **out, char *errbuf,
 fb_err fb_config_parse(const char *yaml, size_t len, const char *base_dir,
                        fb_config **out, char *errbuf, size_t errcap);
 void fb_config_free(fb_config *c);
+
+/* Is s (len bytes) a PostgreSQL URL fusebox accepts as a store? */
+int fb_store_url_ok(const char *s, size_t len);
 
 const fb_provider_conf *fb_config_provider(const fb_config *c,
                                            const char *name, size_t len);

@@ -85,6 +85,7 @@ typedef struct gateway {
     fb_retry_limits retry;
     char **provider_keys;  /* per provider, from the environment */
     int64_t next_id;
+    int64_t node; /* this daemon's number in a cluster (store.h); 0 alone */
     size_t inflight;
     struct gw_req *live;
     int draining;
@@ -1762,7 +1763,7 @@ int fb_gateway_serve(const fb_config *c)
         journal = NULL;
     }
     if (fb_store_recover(st, &recovered) != FB_OK ||
-        fb_store_max_entry_id(st, &g.next_id) != FB_OK ||
+        fb_store_node_join(st, &g.node, &g.next_id) != FB_OK ||
         seed_scopes(&g, st) != 0 ||
         fb_store_trips(st, load_trip, g.replay) != FB_OK ||
         fb_store_result_keys(st, fb_wall_ms(), load_kept, g.replay) != FB_OK) {

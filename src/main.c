@@ -29,6 +29,8 @@ static void usage(FILE *f)
             "  fusebox replay purge [--job J | --tenant T | --key ID | --all]\n"
             "  fusebox ledger verify [--json]      check the store and the "
             "ledger\n"
+            "  fusebox migrate                     the store's schema to "
+            "this version\n"
             "  fusebox scan [PATH] [--format text|json] [--fail-on "
             "high|blocked|never]\n"
             "                                      secrets in a repository\n"
@@ -171,6 +173,8 @@ int main(int argc, char **argv)
         return fb_cli_replay(argc - 1, argv + 1);
     if (strcmp(cmd, "ledger") == 0)
         return fb_cli_ledger(argc - 1, argv + 1);
+    if (strcmp(cmd, "migrate") == 0)
+        return fb_cli_migrate(argc - 1, argv + 1);
     if (strcmp(cmd, "fake-provider") == 0)
         return fb_fake_main(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

@@ -104,8 +104,11 @@ typedef struct fb_change {
     char subject[256];
 } fb_change;
 
-/* Open (creating and migrating) the store for this config: SQLite under
- * c->data_dir. errbuf gets a reason on failure. */
+/* Open the store for this config: SQLite under c->data_dir (created and
+ * migrated), or the PostgreSQL server of c->store_url (FUSEBOX_STORE
+ * overrides it), whose schema `fusebox migrate` keeps (fb_store_migrate):
+ * an open refuses a schema version it does not know. errbuf gets a
+ * reason on failure (never the URL: it may hold a password). */
 /* The purge epoch: a counter in data_dir/fusebox.epoch, shared through
  * mmap, bumped by a process that deleted kept results behind the daemon's
  * back (fusebox replay purge). The daemon reads it before serving a result
@@ -117,6 +120,13 @@ fb_err fb_store_epoch_bump(const char *data_dir);
 fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
                      size_t errcap);
 void fb_store_close(fb_store *s);
+/* Is the config's store the embedded SQLite one (not PostgreSQL)? */
+int fb_store_embedded(const fb_config *c);
+/* fusebox migrate: bring the store's schema to this build's version.
+ * *kind: "sqlite" or "postgresql"; *from: the version found (-1: SQLite,
+ * which migrates as it opens); *to: the version now. */
+fb_err fb_store_migrate(const fb_config *c, const char **kind, int *from,
+                        int *to, char *errbuf, size_t errcap);
 
 /* Group several calls into one transaction (one commit, one fsync). */
 fb_err fb_store_begin(fb_store *s);
@@ -145,7 +155,41 @@ fb_err fb_store_entry_settle(fb_store *s, int64_t id, int status,
 /* Crash recovery: every row still RESERVED is settled at its full
  * reservation (the provider may have billed it). *n gets the count. */
 fb_err fb_store_recover(fb_store *s, int64_t *n);
-fb_err fb_store_max_entry_id(fb_store *s, int64_t *out);
+
+/* ---- nodes: several daemons on one shared store (PostgreSQL) ----
+ * SQLite has one node (0) and these calls are trivial there. */
+
+/* Does the store serve several nodes at once (PostgreSQL)? */
+int fb_store_shared(fb_store *s);
+/* Register this process as a node: *node its number, *id_base the ledger
+ * ids it may use start after it (SQLite: node 0 and the highest id). */
+fb_err fb_store_node_join(fb_store *s, int64_t *node, int64_t *id_base);
+/* The node is alive (every second). FB_ENOTFOUND: it was declared dead
+ * (its beat stopped for longer than cluster.lease_ms) and reaped: its
+ * slices are gone and it must not reserve from them. */
+fb_err fb_store_node_beat(fb_store *s, int64_t node);
+/* A clean stop: reap the node now, its calls all settled. */
+fb_err fb_store_node_leave(fb_store *s, int64_t node);
+/* Reap nodes dead for longer than cluster.lease_ms: charge their calls in
+ * flight in full, give the unused part of their slices back, drop their
+ * in-flight markers. *n: nodes reaped. */
+fb_err fb_store_reap(fb_store *s, int64_t *n);
+/* Take a slice of scope's budget in window for node: between need and
+ * want, as much as the ceiling limit leaves (one conditional update).
+ * FB_ELIMIT (*got 0) when not even need is left. */
+fb_err fb_store_lease_take(fb_store *s, int64_t node, const char *scope,
+                           int64_t window, fb_money limit, fb_money want,
+                           fb_money need, fb_money *got);
+/* Give amount of node's slice back to the scope's budget. */
+fb_err fb_store_lease_give(fb_store *s, int64_t node, const char *scope,
+                           int64_t window, fb_money amount);
+/* Claim the in-flight marker of result (scope, fp, seq) for node: FB_OK,
+ * or FB_EEXIST while another live node holds it (it is buying that
+ * result: wait for it). */
+fb_err fb_store_flight_claim(fb_store *s, int64_t node, const char *scope,
+                             const uint8_t *fp, int64_t seq);
+fb_err fb_store_flight_release(fb_store *s, const char *scope,
+                               const uint8_t *fp, int64_t seq);
 fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out);
 /* Distinct (tenant, job) pairs in the ledger, for reports. */
 fb_err fb_store_scopes(fb_store *s,

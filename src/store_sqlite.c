@@ -7,7 +7,7 @@
  * and the commit path must not wait for that. The daemon's maintenance
  * thread checkpoints instead (fb_store_checkpoint); SQLite also
  * checkpoints when the last connection closes. */
-#include "store.h"
+#include "store_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -222,24 +222,21 @@ static const char schema_v4[] =
 static const char *const migrations[SCHEMA_VERSION] = {schema_v1, schema_v2,
                                                        schema_v3, schema_v4};
 
-/* A rollup delta of the open transaction: one per (hour, tenant, job,
- * key, model) the batch touched. */
-typedef struct roll {
-    int64_t hour_ms;
-    char *tenant, *job, *key_id, *model;
-    int64_t calls, paid, blocked, replayed;
-    fb_money cost, saved;
-} roll;
+static const fb_store_ops sq_ops;
+static void sq_close(fb_store *s);
+static fb_err roll_write(fb_store *s, const fb__roll *r);
 
-#define ROLL_MAX 64 /* deltas held before they are written early */
+int fb__sqlite_schema_version(void)
+{
+    return SCHEMA_VERSION;
+}
 
 struct fb_store {
+    const fb_store_ops *ops; /* first: store.c reads it */
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
     char why[160]; /* why the last failed transaction failed */
-    roll pend[ROLL_MAX];
-    size_t npend;
-    int roll_failed; /* a delta was lost: this transaction must not commit */
+    fb__rolls rolls;
     sqlite3_stmt *spend_st[8]; /* per filter set (spend_stmt) */
 };
 
@@ -309,47 +306,8 @@ static int read_version(sqlite3 *db, int *version)
     return rc;
 }
 
-/* Map data_dir/fusebox.epoch (8 bytes, created if missing). */
-static uint64_t *epoch_map(const char *data_dir, int writable)
-{
-    char path[4096];
-    uint64_t *p = NULL;
-    struct stat sb;
-    int fd = -1;
-    if ((size_t)snprintf(path, sizeof path, "%s/fusebox.epoch", data_dir) >=
-            sizeof path ||
-        (fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
-        goto out;
-    if (fstat(fd, &sb) != 0 ||
-        (sb.st_size < 8 && ftruncate(fd, 8) != 0))
-        goto out;
-    p = mmap(NULL, 8, writable ? PROT_READ | PROT_WRITE : PROT_READ,
-             MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED)
-        p = NULL;
-out:
-    if (fd >= 0)
-        close(fd);
-    return p;
-}
-
-const uint64_t *fb_store_epoch_map(const char *data_dir)
-{
-    return epoch_map(data_dir, 0);
-}
-
-fb_err fb_store_epoch_bump(const char *data_dir)
-{
-    uint64_t *p = epoch_map(data_dir, 1);
-    if (p == NULL)
-        return FB_EIO;
-    __atomic_add_fetch(p, 1, __ATOMIC_SEQ_CST);
-    munmap(p, 8);
-    return FB_OK;
-}
-
-fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
-                     size_t errcap)
+fb_err fb__sqlite_open(const fb_config *c, fb_store **out, char *errbuf,
+                       size_t errcap)
 {
     fb_err err = FB_EIO;
     fb_store *s = NULL;
@@ -373,6 +331,8 @@ fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
         err = FB_ENOMEM;
         goto out;
     }
+    s->ops = &sq_ops;
+    s->rolls.write = roll_write;
     if (sqlite3_open_v2(path, &s->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                             SQLITE_OPEN_NOMUTEX,
@@ -436,13 +396,11 @@ sqlfail_db:
     snprintf(errbuf, errcap, "store %s: %s", path, sqlite3_errmsg(s->db));
 out:
     sqlite3_free(msg);
-    fb_store_close(s);
+    sq_close(s);
     return err;
 }
 
-static void roll_drop(fb_store *s);
-
-void fb_store_close(fb_store *s)
+static void sq_close(fb_store *s)
 {
     if (s == NULL)
         return;
@@ -450,130 +408,60 @@ void fb_store_close(fb_store *s)
         sqlite3_finalize(s->st[i]);
     for (int i = 0; i < 8; i++)
         sqlite3_finalize(s->spend_st[i]);
-    roll_drop(s);
+    fb__roll_drop(&s->rolls);
     sqlite3_close(s->db);
     free(s);
 }
 
-/* ---- the spend rollup's deltas (schema v4) ---- */
-
-static void roll_drop(fb_store *s)
+static fb_err roll_write(fb_store *s, const fb__roll *r)
 {
-    for (size_t i = 0; i < s->npend; i++) {
-        roll *r = &s->pend[i];
-        free(r->tenant);
-        free(r->job);
-        free(r->key_id);
-        free(r->model);
-    }
-    s->npend = 0;
+    sqlite3_stmt *st = stmt(s, ST_ROLLUP_ADD);
+    sqlite3_bind_int64(st, 1, r->hour_ms);
+    sqlite3_bind_text(st, 2, r->tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->job, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->key_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->model, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, r->calls);
+    sqlite3_bind_int64(st, 7, r->paid);
+    sqlite3_bind_int64(st, 8, r->blocked);
+    sqlite3_bind_int64(st, 9, r->replayed);
+    sqlite3_bind_int64(st, 10, r->cost);
+    sqlite3_bind_int64(st, 11, r->saved);
+    return step_done(st);
 }
 
-/* Write the deltas (inside the transaction they belong to). */
-static fb_err roll_flush(fb_store *s)
+static fb_err sq_begin(fb_store *s)
 {
-    fb_err err = FB_OK;
-    for (size_t i = 0; i < s->npend && err == FB_OK; i++) {
-        const roll *r = &s->pend[i];
-        sqlite3_stmt *st = stmt(s, ST_ROLLUP_ADD);
-        sqlite3_bind_int64(st, 1, r->hour_ms);
-        sqlite3_bind_text(st, 2, r->tenant, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, r->job, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, r->key_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 5, r->model, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 6, r->calls);
-        sqlite3_bind_int64(st, 7, r->paid);
-        sqlite3_bind_int64(st, 8, r->blocked);
-        sqlite3_bind_int64(st, 9, r->replayed);
-        sqlite3_bind_int64(st, 10, r->cost);
-        sqlite3_bind_int64(st, 11, r->saved);
-        err = step_done(st);
-    }
-    roll_drop(s);
-    return err;
-}
-
-static int str_eq(const char *a, const char *b)
-{
-    return strcmp(a ? a : "", b ? b : "") == 0;
-}
-
-/* A ledger row became final (state 1, 2 or 3): count it in its hour. */
-static fb_err roll_note(fb_store *s, int64_t ts_ms, const char *tenant,
-                        const char *job, const char *key_id,
-                        const char *model, int state, fb_money cost,
-                        fb_money saved)
-{
-    int64_t hour = ts_ms - ts_ms % 3600000;
-    roll *r = NULL;
-    for (size_t i = 0; i < s->npend && r == NULL; i++) {
-        roll *x = &s->pend[i];
-        if (x->hour_ms == hour && str_eq(x->tenant, tenant) &&
-            str_eq(x->job, job) && str_eq(x->key_id, key_id) &&
-            str_eq(x->model, model))
-            r = x;
-    }
-    if (r == NULL) {
-        /* A delta lost (a failed early flush, no memory) would make the
-         * rollup undercount for good, and budgets are seeded from it:
-         * the whole transaction fails instead (fb_store_commit). */
-        if (s->npend == ROLL_MAX && roll_flush(s) != FB_OK) {
-            s->roll_failed = 1;
-            return FB_EIO;
-        }
-        r = &s->pend[s->npend];
-        *r = (roll){.hour_ms = hour,
-                    .tenant = strdup(tenant ? tenant : ""),
-                    .job = strdup(job ? job : ""),
-                    .key_id = strdup(key_id ? key_id : ""),
-                    .model = strdup(model ? model : "")};
-        s->npend++; /* counted before the check: roll_drop frees it */
-        if (!r->tenant || !r->job || !r->key_id || !r->model) {
-            s->roll_failed = 1;
-            return FB_ENOMEM;
-        }
-    }
-    r->calls++;
-    r->paid += state == FB_ENTRY_SETTLED && cost > 0;
-    r->blocked += state == FB_ENTRY_BLOCKED;
-    r->replayed += state == FB_ENTRY_REPLAYED;
-    r->cost += cost;
-    r->saved += state == FB_ENTRY_REPLAYED ? saved : 0; /* as replays save */
-    return FB_OK;
-}
-
-fb_err fb_store_begin(fb_store *s)
-{
-    roll_drop(s);
-    s->roll_failed = 0;
+    fb__roll_drop(&s->rolls);
+    s->rolls.failed = 0;
     return step_done(stmt(s, ST_BEGIN));
 }
 
-fb_err fb_store_commit(fb_store *s)
+static fb_err sq_commit(fb_store *s)
 {
-    fb_err err = s->roll_failed ? FB_EIO : roll_flush(s);
+    fb_err err = s->rolls.failed ? FB_EIO : fb__roll_flush(&s->rolls, s);
     if (err != FB_OK) {
-        s->roll_failed = 1; /* the caller rolls back */
+        s->rolls.failed = 1; /* the caller rolls back */
         return err;
     }
     return step_done(stmt(s, ST_COMMIT));
 }
 
-void fb_store_rollback(fb_store *s)
+static void sq_rollback(fb_store *s)
 {
     note_why(s);
-    roll_drop(s);
-    s->roll_failed = 0;
+    fb__roll_drop(&s->rolls);
+    s->rolls.failed = 0;
     if (!sqlite3_get_autocommit(s->db))
         (void)step_done(stmt(s, ST_ROLLBACK));
 }
 
-int fb_store_in_transaction(fb_store *s)
+static int sq_in_transaction(fb_store *s)
 {
     return !sqlite3_get_autocommit(s->db);
 }
 
-fb_err fb_store_key_insert(fb_store *s, const fb_key_rec *k)
+static fb_err sq_key_insert(fb_store *s, const fb_key_rec *k)
 {
     sqlite3_stmt *st = stmt(s, ST_KEY_INSERT);
     sqlite3_bind_text(st, 1, k->id, -1, SQLITE_STATIC);
@@ -619,7 +507,7 @@ static void read_key(sqlite3_stmt *st, fb_key_rec *k)
     k->revoked_ms = sqlite3_column_int64(st, 9);
 }
 
-fb_err fb_store_key_by_hash(fb_store *s, const uint8_t hash[32],
+static fb_err sq_key_by_hash(fb_store *s, const uint8_t hash[32],
                             fb_key_rec *out)
 {
     sqlite3_stmt *st = stmt(s, ST_KEY_BY_HASH);
@@ -636,7 +524,7 @@ fb_err fb_store_key_by_hash(fb_store *s, const uint8_t hash[32],
     return err;
 }
 
-fb_err fb_store_key_revoke(fb_store *s, const char *id, int64_t now_ms)
+static fb_err sq_key_revoke(fb_store *s, const char *id, int64_t now_ms)
 {
     sqlite3_stmt *st = stmt(s, ST_KEY_REVOKE);
     sqlite3_bind_int64(st, 1, now_ms);
@@ -647,7 +535,7 @@ fb_err fb_store_key_revoke(fb_store *s, const char *id, int64_t now_ms)
     return err;
 }
 
-fb_err fb_store_key_find(fb_store *s, const char *id_or_prefix,
+static fb_err sq_key_find(fb_store *s, const char *id_or_prefix,
                          fb_key_rec *out)
 {
     sqlite3_stmt *st = stmt(s, ST_KEY_FIND);
@@ -668,7 +556,7 @@ fb_err fb_store_key_find(fb_store *s, const char *id_or_prefix,
     return err;
 }
 
-fb_err fb_store_key_list(fb_store *s,
+static fb_err sq_key_list(fb_store *s,
                          int (*fn)(void *arg, const fb_key_rec *k), void *arg)
 {
     sqlite3_stmt *st = stmt(s, ST_KEY_LIST);
@@ -690,7 +578,7 @@ static fb_err entry_settle(fb_store *s, int64_t id, int status, fb_money cost,
 
 /* A ledger write and its rollup delta commit together: outside a
  * transaction, each call is one of its own. */
-fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e)
+static fb_err sq_entry_insert(fb_store *s, const fb_entry *e)
 {
     if (!sqlite3_get_autocommit(s->db))
         return entry_insert(s, e);
@@ -704,7 +592,7 @@ fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e)
     return err;
 }
 
-fb_err fb_store_entry_settle(fb_store *s, int64_t id, int status,
+static fb_err sq_entry_settle(fb_store *s, int64_t id, int status,
                              fb_money cost, const char *outcome)
 {
     if (!sqlite3_get_autocommit(s->db))
@@ -742,7 +630,7 @@ static fb_err entry_insert(fb_store *s, const fb_entry *e)
     sqlite3_bind_int(st, 17, e->retry);
     fb_err err = step_done(st);
     if (err == FB_OK && e->state != FB_ENTRY_RESERVED)
-        err = roll_note(s, e->ts_ms, e->tenant, e->job, e->key_id, e->model,
+        err = fb__roll_note(&s->rolls, s, e->ts_ms, e->tenant, e->job, e->key_id, e->model,
                         (int)e->state, e->cost, e->saved);
     return err;
 }
@@ -762,7 +650,7 @@ static fb_err entry_settle(fb_store *s, int64_t id, int status, fb_money cost,
     sqlite3_bind_int64(st, 1, id);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
-        err = roll_note(s, sqlite3_column_int64(st, 0),
+        err = fb__roll_note(&s->rolls, s, sqlite3_column_int64(st, 0),
                         (const char *)sqlite3_column_text(st, 1),
                         (const char *)sqlite3_column_text(st, 2),
                         (const char *)sqlite3_column_text(st, 3),
@@ -774,7 +662,7 @@ static fb_err entry_settle(fb_store *s, int64_t id, int status, fb_money cost,
     return err;
 }
 
-fb_err fb_store_recover(fb_store *s, int64_t *n)
+static fb_err sq_recover(fb_store *s, int64_t *n)
 {
     char *msg = NULL;
     *n = 0;
@@ -804,8 +692,10 @@ fb_err fb_store_recover(fb_store *s, int64_t *n)
     return FB_OK;
 }
 
-fb_err fb_store_max_entry_id(fb_store *s, int64_t *out)
+/* One node: ids go on from the highest in the ledger. */
+static fb_err sq_node_join(fb_store *s, int64_t *node, int64_t *out)
 {
+    *node = 0;
     sqlite3_stmt *st = NULL;
     fb_err err = FB_EIO;
     *out = 0;
@@ -910,15 +800,12 @@ static sqlite3_stmt *spend_stmt(fb_store *s, const fb_spend_filter *f)
  * memory: write them before reading. */
 static fb_err roll_sync(fb_store *s)
 {
-    if (sqlite3_get_autocommit(s->db) || s->npend == 0)
+    if (sqlite3_get_autocommit(s->db) || s->rolls.npend == 0)
         return FB_OK;
-    fb_err err = roll_flush(s);
-    if (err != FB_OK)
-        s->roll_failed = 1;
-    return err;
+    return fb__roll_flush(&s->rolls, s);
 }
 
-fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out)
+static fb_err sq_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out)
 {
     if (roll_sync(s) != FB_OK)
         return FB_EIO;
@@ -945,7 +832,7 @@ fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out)
     return err;
 }
 
-fb_err fb_store_scopes(fb_store *s,
+static fb_err sq_scopes(fb_store *s,
                        int (*fn)(void *arg, const char *tenant,
                                  const char *job),
                        void *arg)
@@ -972,7 +859,7 @@ out:
     return err;
 }
 
-fb_err fb_store_probe(fb_store *s)
+static fb_err sq_probe(fb_store *s)
 {
     /* Rewriting the schema version dirties the header page: a real write
      * to the log, of a value that does not change. */
@@ -985,7 +872,7 @@ fb_err fb_store_probe(fb_store *s)
     return sqlite_err(rc);
 }
 
-const char *fb_store_why(fb_store *s)
+static const char *sq_why(fb_store *s)
 {
     return s->why;
 }
@@ -993,7 +880,7 @@ const char *fb_store_why(fb_store *s)
 /* Past this many WAL frames (16 MiB of 4 KiB pages), restart the log. */
 #define WAL_RESTART_FRAMES 4096
 
-fb_err fb_store_checkpoint(fb_store *s)
+static fb_err sq_checkpoint(fb_store *s)
 {
     int log = 0, done = 0;
     /* This handle only checkpoints: never wait for locks (a TRUNCATE
@@ -1014,7 +901,7 @@ fb_err fb_store_checkpoint(fb_store *s)
     return rc == SQLITE_BUSY ? FB_OK : sqlite_err(rc);
 }
 
-fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject)
+static fb_err sq_change_add(fb_store *s, const char *kind, const char *subject)
 {
     sqlite3_stmt *st = stmt(s, ST_CHANGE_ADD);
     sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
@@ -1022,7 +909,7 @@ fb_err fb_store_change_add(fb_store *s, const char *kind, const char *subject)
     return step_done(st);
 }
 
-fb_err fb_store_changes(fb_store *s, int64_t after,
+static fb_err sq_changes(fb_store *s, int64_t after,
                         int (*fn)(void *arg, const fb_change *c), void *arg)
 {
     sqlite3_stmt *st = stmt(s, ST_CHANGES);
@@ -1042,7 +929,7 @@ fb_err fb_store_changes(fb_store *s, int64_t after,
     return err;
 }
 
-fb_err fb_store_last_change(fb_store *s, int64_t *seq)
+static fb_err sq_last_change(fb_store *s, int64_t *seq)
 {
     sqlite3_stmt *st = NULL;
     fb_err err = FB_EIO;
@@ -1060,14 +947,6 @@ out:
 }
 
 /* ---- kept results ---- */
-
-void fb_result_clear(fb_result *r)
-{
-    free(r->headers);
-    free(r->body);
-    r->headers = r->body = NULL;
-    r->headers_len = r->body_len = 0;
-}
 
 static fb_err read_result(sqlite3_stmt *st, fb_result *r)
 {
@@ -1107,7 +986,7 @@ static fb_err one_result(sqlite3_stmt *st, fb_result *out)
     return err;
 }
 
-fb_err fb_store_result_get(fb_store *s, const char *scope,
+static fb_err sq_result_get(fb_store *s, const char *scope,
                            const uint8_t fp[32], int64_t seq, int64_t now_ms,
                            fb_result *out)
 {
@@ -1119,7 +998,7 @@ fb_err fb_store_result_get(fb_store *s, const char *scope,
     return one_result(st, out);
 }
 
-fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
+static fb_err sq_result_by_idem(fb_store *s, const char *scope,
                                const char *idem, int64_t now_ms,
                                fb_result *out)
 {
@@ -1144,7 +1023,7 @@ fb_err fb_store_result_by_idem(fb_store *s, const char *scope,
     return err;
 }
 
-fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
+static fb_err sq_result_put(fb_store *s, const char *scope, const fb_result *r,
                            const char *idem, int64_t now_ms,
                            int64_t expires_ms)
 {
@@ -1176,7 +1055,7 @@ fb_err fb_store_result_put(fb_store *s, const char *scope, const fb_result *r,
     return err;
 }
 
-fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
+static fb_err sq_idem_bind(fb_store *s, const char *scope, const char *idem,
                           const uint8_t fp[32], int64_t seq, int64_t now_ms,
                           int64_t expires_ms)
 {
@@ -1190,7 +1069,7 @@ fb_err fb_store_idem_bind(fb_store *s, const char *scope, const char *idem,
     return step_done(st);
 }
 
-fb_err fb_store_result_keys(fb_store *s, int64_t now_ms,
+static fb_err sq_result_keys(fb_store *s, int64_t now_ms,
                             int (*fn)(void *arg, const char *scope,
                                       const uint8_t fp[32], int64_t seq),
                             void *arg)
@@ -1253,7 +1132,7 @@ out:
     return err;
 }
 
-fb_err fb_store_results_purge(fb_store *s, int64_t now_ms,
+static fb_err sq_results_purge(fb_store *s, int64_t now_ms,
                               const char *scope_prefix, int64_t max_bytes,
                               int64_t limit, int64_t *n)
 {
@@ -1329,7 +1208,7 @@ out:
     return err;
 }
 
-fb_err fb_store_occurrences(fb_store *s, const char *tenant, const char *job,
+static fb_err sq_occurrences(fb_store *s, const char *tenant, const char *job,
                             const char *key_id, int64_t attempt,
                             const uint8_t fp[32], int64_t *n)
 {
@@ -1349,7 +1228,7 @@ fb_err fb_store_occurrences(fb_store *s, const char *tenant, const char *job,
 
 /* ---- trips ---- */
 
-fb_err fb_store_trip_set(fb_store *s, const char *scope, const char *reason,
+static fb_err sq_trip_set(fb_store *s, const char *scope, const char *reason,
                          int64_t now_ms)
 {
     sqlite3_stmt *st = NULL;
@@ -1388,14 +1267,14 @@ out:
     return err;
 }
 
-fb_err fb_store_trip_clear(fb_store *s, const char *scope)
+static fb_err sq_trip_clear(fb_store *s, const char *scope)
 {
     int n = 0;
     fb_err err = exec_scope(s, "DELETE FROM trips WHERE scope=?", scope, &n);
     return err != FB_OK ? err : n > 0 ? FB_OK : FB_ENOTFOUND;
 }
 
-fb_err fb_store_trips(fb_store *s,
+static fb_err sq_trips(fb_store *s,
                       int (*fn)(void *arg, const char *scope,
                                 const char *reason, int64_t ts_ms),
                       void *arg)
@@ -1420,7 +1299,7 @@ out:
 
 /* ---- runs (fusebox run) ---- */
 
-fb_err fb_store_run_begin(fb_store *s, const char *scope,
+static fb_err sq_run_begin(fb_store *s, const char *scope,
                           const uint8_t identity[32], int64_t now_ms,
                           int max_runs, fb_run_refusal *refused,
                           int64_t *run_id, int64_t *attempts_before)
@@ -1473,7 +1352,7 @@ out:
     return err;
 }
 
-fb_err fb_store_run_end(fb_store *s, int64_t run_id, const char *outcome,
+static fb_err sq_run_end(fb_store *s, int64_t run_id, const char *outcome,
                         int exit_code, int attempts, int64_t now_ms)
 {
     sqlite3_stmt *st = NULL;
@@ -1494,13 +1373,13 @@ out:
     return err;
 }
 
-fb_err fb_store_runs_clear(fb_store *s, const char *scope)
+static fb_err sq_runs_clear(fb_store *s, const char *scope)
 {
     int n = 0;
     return exec_scope(s, "UPDATE runs SET cleared=1 WHERE scope=?", scope, &n);
 }
 
-fb_err fb_store_breakdown(fb_store *s, const fb_spend_filter *f,
+static fb_err sq_breakdown(fb_store *s, const fb_spend_filter *f,
                           int (*fn)(void *arg, const char *provider,
                                     const char *model, const char *path,
                                     int64_t calls, fb_money reserved,
@@ -1538,7 +1417,7 @@ out:
 
 /* ---- reports ---- */
 
-fb_err fb_store_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
+static fb_err sq_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
                        int (*fn)(void *arg, const fb_report_row *r),
                        void *arg)
 {
@@ -1615,38 +1494,9 @@ out:
     return err;
 }
 
-fb_err fb_store_trip_apply(fb_store *s, const char *scope, int set,
-                           const char *reason, int64_t now_ms)
-{
-    char subject[512];
-    fb_err err;
-    if (set)
-        snprintf(subject, sizeof subject, "%s\t%s", scope, reason);
-    else
-        snprintf(subject, sizeof subject, "%s", scope);
-    if ((err = fb_store_begin(s)) != FB_OK)
-        return err;
-    if (set) {
-        err = fb_store_trip_set(s, scope, reason, now_ms);
-    } else {
-        err = fb_store_trip_clear(s, scope);
-        if (err == FB_ENOTFOUND)
-            err = FB_OK;
-        if (err == FB_OK)
-            err = fb_store_runs_clear(s, scope);
-    }
-    if (err == FB_OK)
-        err = fb_store_change_add(s, set ? "trip" : "reset", subject);
-    if (err == FB_OK)
-        err = fb_store_commit(s);
-    if (err != FB_OK)
-        fb_store_rollback(s);
-    return err;
-}
-
 /* ---- the dashboard ---- */
 
-fb_err fb_store_blocked_recent(fb_store *s, int limit,
+static fb_err sq_blocked_recent(fb_store *s, int limit,
                                int (*fn)(void *arg, const fb_blocked_row *r),
                                void *arg)
 {
@@ -1680,7 +1530,7 @@ out:
     return err;
 }
 
-fb_err fb_store_reruns(fb_store *s, int64_t since_ms,
+static fb_err sq_reruns(fb_store *s, int64_t since_ms,
                        int (*fn)(void *arg, const char *scope, int64_t runs,
                                  const char *last_outcome),
                        void *arg)
@@ -1709,7 +1559,7 @@ out:
 
 /* ---- alerts ---- */
 
-fb_err fb_store_alert_add(fb_store *s, const fb_alert_rec *a,
+static fb_err sq_alert_add(fb_store *s, const fb_alert_rec *a,
                           const char *const *dests, size_t ndests)
 {
     sqlite3_stmt *st = NULL;
@@ -1758,7 +1608,7 @@ out:
     return err == FB_OK || err == FB_EEXIST ? err : FB_EIO;
 }
 
-fb_err fb_store_outbox_due(fb_store *s, int64_t now_ms, int limit,
+static fb_err sq_outbox_due(fb_store *s, int64_t now_ms, int limit,
                            int (*fn)(void *arg, const fb_outbox_row *r),
                            void *arg)
 {
@@ -1793,7 +1643,7 @@ out:
     return err;
 }
 
-fb_err fb_store_outbox_update(fb_store *s, int64_t id, int state,
+static fb_err sq_outbox_update(fb_store *s, int64_t id, int state,
                               int attempts, int64_t next_ms,
                               const char *error)
 {
@@ -1815,7 +1665,7 @@ fb_err fb_store_outbox_update(fb_store *s, int64_t id, int state,
     return err;
 }
 
-fb_err fb_store_fp_storms(fb_store *s, int64_t since_ms, int min_count,
+static fb_err sq_fp_storms(fb_store *s, int64_t since_ms, int min_count,
                           int (*fn)(void *arg, const char *tenant,
                                     const char *job, const uint8_t fp[32],
                                     int64_t count),
@@ -1893,7 +1743,7 @@ static fb_err verify_pragma(fb_store *s, const char *name, const char *sql,
     return FB_OK;
 }
 
-fb_err fb_store_verify(fb_store *s, int64_t now_ms,
+static fb_err sq_verify(fb_store *s, int64_t now_ms,
                        void (*fn)(void *arg, const char *check,
                                   fb_verify_level level, int64_t count,
                                   const char *detail),
@@ -2025,3 +1875,59 @@ fb_err fb_store_verify(fb_store *s, int64_t now_ms,
         sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
     return err;
 }
+
+/* ---- one node: nothing to share ---- */
+
+static int sq_shared(fb_store *s)
+{
+    return 0;
+}
+
+static fb_err sq_node_beat(fb_store *s, int64_t node)
+{
+    return FB_OK;
+}
+
+static fb_err sq_node_leave(fb_store *s, int64_t node)
+{
+    return FB_OK;
+}
+
+static fb_err sq_reap(fb_store *s, int64_t *n)
+{
+    *n = 0;
+    return FB_OK;
+}
+
+/* The only node holds the whole budget: its own counters are exact. */
+static fb_err sq_lease_take(fb_store *s, int64_t node, const char *scope,
+                            int64_t window, fb_money limit, fb_money want,
+                            fb_money need, fb_money *got)
+{
+    *got = want;
+    return FB_OK;
+}
+
+static fb_err sq_lease_give(fb_store *s, int64_t node, const char *scope,
+                            int64_t window, fb_money amount)
+{
+    return FB_OK;
+}
+
+static fb_err sq_flight_claim(fb_store *s, int64_t node, const char *scope,
+                              const uint8_t *fp, int64_t seq)
+{
+    return FB_OK;
+}
+
+static fb_err sq_flight_release(fb_store *s, const char *scope,
+                                const uint8_t *fp, int64_t seq)
+{
+    return FB_OK;
+}
+
+#define FB__PREFIXED(name) sq_##name
+static const fb_store_ops sq_ops = {FB_STORE_OPS(FB__OP_INIT).rollback =
+                                        sq_rollback,
+                                    .close = sq_close};
+#undef FB__PREFIXED

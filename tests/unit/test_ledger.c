@@ -18,6 +18,7 @@
 #include <cmocka.h>
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <libpq-fe.h>
 
 #include "journal.h"
 #include "keys.h"
@@ -26,6 +27,9 @@
 
 static char dir[] = "/tmp/fb-ledger-XXXXXX";
 static fb_config cfg;
+/* The second run: the same tests on PostgreSQL (FUSEBOX_TEST_PG, a
+ * throw-away cluster that make test starts: scripts/pg.sh). */
+static const char *pg_url;
 
 static int setup(void **state)
 {
@@ -33,7 +37,58 @@ static int setup(void **state)
     assert_non_null(mkdtemp(dir));
     cfg.data_dir = dir;
     cfg.durability = FB_DURABILITY_PROCESS;
+    cfg.cluster_lease_ms = 1000;
     evthread_use_pthreads();
+    return 0;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void nap_50ms(void)
+{
+    struct timespec ts = {0, 50 * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Run SQL on the test database directly (the tests' own connection). */
+static void pg_sql(const char *sql)
+{
+    PGconn *c = PQconnectdb(pg_url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PQclear(PQexec(c, "SET client_min_messages=warning"));
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+        PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+}
+
+/* A fresh schema, migrated as `fusebox migrate` does. */
+static int setup_pg(void **state)
+{
+    const char *kind;
+    char err[512];
+    int from, to;
+    setup(state);
+    cfg.store_url = (char *)pg_url;
+    pg_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
+    /* Before the migration, a node refuses the database. */
+    fb_store *s = NULL;
+    assert_int_equal(fb_store_open(&cfg, &s, err, sizeof err), FB_EINVAL);
+    assert_non_null(strstr(err, "fusebox migrate"));
+    assert_null(strstr(err, "postgres://")); /* never the URL */
+    assert_int_equal(fb_store_migrate(&cfg, &kind, &from, &to, err,
+                                      sizeof err),
+                     FB_OK);
+    assert_string_equal(kind, "postgresql");
+    assert_int_equal(from, 0);
+    assert_true(to >= 1);
     return 0;
 }
 
@@ -91,13 +146,16 @@ static void test_insert_durable_then_recover(void **state)
     (void)state;
     struct event_base *base = event_base_new();
     waiter w = {.base = base};
+    int64_t node, base_id;
+    fb_store *ns = open_store();
+    assert_int_equal(fb_store_node_join(ns, &node, &base_id), FB_OK);
     fb_ledger *l = fb_ledger_start(base, open_store(), open_store(), NULL, 50, NULL, NULL);
     assert_non_null(l);
     for (int i = 1; i <= 3; i++) {
-        fb_entry e = entry(i, 1000 + i, "acme", "nightly", 100 * i);
+        fb_entry e = entry(base_id + i, 1000 + i, "acme", "nightly", 100 * i);
         fb_ledger_insert(l, &e, on_insert, &w);
     }
-    fb_ledger_settle(l, 1, 200, 40, "ok");
+    fb_ledger_settle(l, base_id + 1, 200, 40, "ok");
     event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
     assert_int_equal(w.calls, 3);
     assert_int_equal(w.err, FB_OK);
@@ -114,18 +172,35 @@ static void test_insert_durable_then_recover(void **state)
     assert_int_equal(sp.spent, 40 + 200 + 300);
     assert_int_equal(sp.reserved, 500);
     int64_t n;
-    assert_int_equal(fb_store_recover(s, &n), FB_OK);
-    assert_int_equal(n, 2);
+    if (pg_url == NULL) {
+        assert_int_equal(fb_store_recover(s, &n), FB_OK);
+        assert_int_equal(n, 2);
+    } else {
+        /* A cluster node's rows are recovered when the node is reaped:
+         * once its heartbeat is older than the lease (1 s here), by
+         * whichever node looks first. */
+        assert_int_equal(fb_store_recover(s, &n), FB_OK);
+        assert_int_equal(n, 0); /* still alive */
+        int64_t t0 = mono_ms();
+        while (n == 0 && mono_ms() - t0 < 15000) {
+            nap_50ms();
+            assert_int_equal(fb_store_reap(s, &n), FB_OK);
+        }
+        assert_int_equal(n, 1);
+        assert_int_equal(fb_store_node_beat(ns, node), FB_ENOTFOUND);
+    }
+    fb_store_close(ns);
     assert_int_equal(fb_store_spend(s, &all, &sp), FB_OK);
     assert_int_equal(sp.spent, 540);
     assert_int_equal(sp.reserved, 0);
     assert_int_equal(sp.paid_calls, 3);
     /* Settling twice does not change a settled row. */
-    assert_int_equal(fb_store_entry_settle(s, 2, 200, 1, "late"), FB_OK);
+    assert_int_equal(fb_store_entry_settle(s, base_id + 2, 200, 1, "late"),
+                     FB_OK);
     assert_int_equal(fb_store_spend(s, &all, &sp), FB_OK);
     assert_int_equal(sp.spent, 540);
     /* Filters: period start, job, and a blocked row. */
-    fb_entry b = entry(4, 5000, "acme", "other", 0);
+    fb_entry b = entry(base_id + 4, 5000, "acme", "other", 0);
     b.state = FB_ENTRY_BLOCKED;
     b.status = 402;
     assert_int_equal(fb_store_entry_insert(s, &b), FB_OK);
@@ -136,9 +211,11 @@ static void test_insert_durable_then_recover(void **state)
     fb_spend_filter job = {.tenant = "acme", .job = "nightly"};
     assert_int_equal(fb_store_spend(s, &job, &sp), FB_OK);
     assert_int_equal(sp.calls, 3);
-    int64_t max;
-    assert_int_equal(fb_store_max_entry_id(s, &max), FB_OK);
-    assert_int_equal(max, 4);
+    int64_t max, node2;
+    assert_int_equal(fb_store_node_join(s, &node2, &max), FB_OK);
+    /* The next ids never meet this node's: after them on SQLite, a range
+     * of their own on PostgreSQL. */
+    assert_true(max >= base_id + 4);
     fb_store_close(s);
 }
 
@@ -307,19 +384,6 @@ static void test_results_and_trips(void **state)
  * polling with a bound far above one maintenance round. */
 
 #define MAINT_BOUND_MS 15000
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void nap_50ms(void)
-{
-    struct timespec ts = {0, 50 * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static int64_t file_size(const char *name)
 {
@@ -537,16 +601,24 @@ static void test_rollup_fails_whole(void **state)
     (void)state;
     fb_store *s = open_store();
     char path[256];
-    sqlite3 *db;
-    snprintf(path, sizeof path, "%s/fusebox.db", dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_exec(db,
-                     "CREATE TRIGGER fail_roll BEFORE INSERT ON spend_rollup "
-                     "WHEN NEW.key_id='kfail' BEGIN SELECT RAISE(ABORT,"
-                     "'no'); END;",
-                     NULL, NULL, NULL),
-        SQLITE_OK);
+    sqlite3 *db = NULL;
+    if (pg_url != NULL) {
+        pg_sql("CREATE FUNCTION fail_roll() RETURNS trigger LANGUAGE plpgsql"
+               " AS $$BEGIN IF NEW.key_id='kfail' THEN RAISE EXCEPTION 'no';"
+               " END IF; RETURN NEW; END$$;"
+               "CREATE TRIGGER fail_roll BEFORE INSERT ON spend_rollup FOR"
+               " EACH ROW EXECUTE FUNCTION fail_roll()");
+    } else {
+        snprintf(path, sizeof path, "%s/fusebox.db", dir);
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(
+            sqlite3_exec(db,
+                         "CREATE TRIGGER fail_roll BEFORE INSERT ON "
+                         "spend_rollup WHEN NEW.key_id='kfail' BEGIN SELECT "
+                         "RAISE(ABORT,'no'); END;",
+                         NULL, NULL, NULL),
+            SQLITE_OK);
+    }
     /* 70 final rows in as many groups: the 65th delta is written early
      * (64 are held), and fails. */
     char keys[70][16];
@@ -571,6 +643,10 @@ static void test_rollup_fails_whole(void **state)
     fb_spend_filter f = {.tenant = "tr", .job = "j"};
     assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
     assert_int_equal(sp.calls, 0); /* nothing of it committed */
+    if (pg_url != NULL) {
+        pg_sql("DROP TRIGGER fail_roll ON spend_rollup");
+        goto settle_in_transaction;
+    }
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM ledger "
                                             "WHERE id BETWEEN 7000 AND 7069",
@@ -584,6 +660,7 @@ static void test_rollup_fails_whole(void **state)
                      SQLITE_OK);
     sqlite3_close(db);
 
+settle_in_transaction:
     /* A settle inside a transaction is seen by a read in it. */
     fb_entry e = entry(7100, 3600000, "tr", "j2", 500);
     assert_int_equal(fb_store_entry_insert(s, &e), FB_OK); /* its own */
@@ -601,8 +678,133 @@ static void test_rollup_fails_whole(void **state)
     fb_store_close(s);
 }
 
+/* ---- the cluster (PostgreSQL): leases, reaping, flights ---- */
+
+static fb_money pool_taken(const char *scope)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT taken FROM budget_pool WHERE scope='%s'", scope);
+    PGconn *c = PQconnectdb(pg_url);
+    PGresult *r = PQexec(c, sql);
+    assert_int_equal(PQntuples(r), 1);
+    fb_money v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+
+/* Slices never add up past the ceiling; what a node gives back, or what
+ * a reaped node did not spend, can be taken again; its calls in flight
+ * are charged in full and count. */
+static void test_leases(void **state)
+{
+    (void)state;
+    fb_store *a = open_store(), *b = open_store();
+    int64_t na, nb, ba, bb;
+    fb_money got;
+    assert_int_equal(fb_store_node_join(a, &na, &ba), FB_OK);
+    assert_int_equal(fb_store_node_join(b, &nb, &bb), FB_OK);
+    assert_true(na != nb);
+    assert_true(bb - ba >= INT64_C(1) << 40); /* id ranges apart */
+    /* Spend from before (no lease) is in the pool when it is created. */
+    fb_entry e = entry(7, 1000, "lt", "j", 0);
+    e.state = FB_ENTRY_SETTLED;
+    e.cost = 100;
+    e.status = 200;
+    e.outcome = "ok";
+    assert_int_equal(fb_store_entry_insert(a, &e), FB_OK);
+    assert_int_equal(fb_store_lease_take(a, na, "job:lt/j", 0, 1000, 600, 1,
+                                         &got),
+                     FB_OK);
+    assert_int_equal(got, 600);
+    /* 300 left: B wants 500 but needs 200 and gets 300; then nothing. */
+    assert_int_equal(fb_store_lease_take(b, nb, "job:lt/j", 0, 1000, 500,
+                                         200, &got),
+                     FB_OK);
+    assert_int_equal(got, 300);
+    assert_int_equal(fb_store_lease_take(b, nb, "job:lt/j", 0, 1000, 5, 1,
+                                         &got),
+                     FB_ELIMIT);
+    assert_int_equal(pool_taken("job:lt/j"), 1000);
+    /* A gives 200 back: B can take it. Giving more than held fails. */
+    assert_int_equal(fb_store_lease_give(a, na, "job:lt/j", 0, 200), FB_OK);
+    assert_int_equal(fb_store_lease_take(b, nb, "job:lt/j", 0, 1000, 500,
+                                         150, &got),
+                     FB_OK);
+    assert_int_equal(got, 200);
+    assert_int_equal(fb_store_lease_give(a, na, "job:lt/j", 0, 401), FB_OK);
+    assert_int_equal(pool_taken("job:lt/j"), 1000); /* refused: unchanged */
+    /* A (slice 400) has one call settled at 50 and one in flight (70),
+     * then dies. Reaped: the flight charged in full, 400 - 120 back. */
+    fb_entry p = entry(ba + 1, 2000, "lt", "j", 60);
+    p.state = FB_ENTRY_SETTLED;
+    p.cost = 50;
+    p.status = 200;
+    p.outcome = "ok";
+    assert_int_equal(fb_store_entry_insert(a, &p), FB_OK);
+    fb_entry q = entry(ba + 2, 2001, "lt", "j", 70);
+    assert_int_equal(fb_store_entry_insert(a, &q), FB_OK);
+    assert_int_equal(fb_store_node_leave(b, na), FB_OK);
+    assert_int_equal(pool_taken("job:lt/j"), 1000 - (400 - 120));
+    /* A reaped node takes nothing more until it joins again. */
+    assert_int_equal(fb_store_lease_take(a, na, "job:lt/j", 0, 1000, 10, 1,
+                                         &got),
+                     FB_ENOTFOUND);
+    fb_spend sp;
+    fb_spend_filter f = {.tenant = "lt", .job = "j"};
+    assert_int_equal(fb_store_spend(b, &f, &sp), FB_OK);
+    assert_int_equal(sp.spent, 100 + 50 + 70);
+    assert_int_equal(sp.reserved, 0);
+    assert_int_equal(fb_store_node_leave(b, nb), FB_OK);
+    fb_store_close(a);
+    fb_store_close(b);
+}
+
+/* One node buys a result at a time: a second claim waits while the
+ * holder lives; a kept result releases the marker, and so does reaping
+ * the holder. */
+static void test_flights(void **state)
+{
+    (void)state;
+    fb_store *a = open_store(), *b = open_store();
+    int64_t na, nb, x;
+    uint8_t fp[32] = {9, 9};
+    assert_int_equal(fb_store_node_join(a, &na, &x), FB_OK);
+    assert_int_equal(fb_store_node_join(b, &nb, &x), FB_OK);
+    assert_int_equal(fb_store_flight_claim(a, na, "job:f/j", fp, 1), FB_OK);
+    assert_int_equal(fb_store_flight_claim(a, na, "job:f/j", fp, 1), FB_OK);
+    assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 1),
+                     FB_EEXIST);
+    assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 2), FB_OK);
+    fb_result r = {.status = 200, .headers = "", .body = "{}", .body_len = 2,
+                   .seq = 1, .attempt = 0};
+    memcpy(r.fp, fp, 32);
+    assert_int_equal(fb_store_result_put(a, "job:f/j", &r, NULL, 1000,
+                                         INT64_MAX / 2),
+                     FB_OK);
+    assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 1), FB_OK);
+    assert_int_equal(fb_store_flight_release(b, "job:f/j", fp, 1), FB_OK);
+    assert_int_equal(fb_store_flight_claim(a, na, "job:f/j", fp, 3), FB_OK);
+    assert_int_equal(fb_store_node_leave(b, na), FB_OK);
+    assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 3), FB_OK);
+    assert_int_equal(fb_store_node_leave(b, nb), FB_OK);
+    fb_store_close(a);
+    fb_store_close(b);
+}
+
 int main(void)
 {
+    const struct CMUnitTest pg_tests[] = {
+        cmocka_unit_test(test_insert_durable_then_recover),
+        cmocka_unit_test(test_keys_and_change_feed),
+        cmocka_unit_test(test_results_and_trips),
+        cmocka_unit_test(test_maintenance_purges_expired),
+        cmocka_unit_test(test_results_size_cap),
+        cmocka_unit_test(test_rollup_fails_whole),
+        cmocka_unit_test(test_leases),
+        cmocka_unit_test(test_flights),
+    };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_durable_then_recover),
         cmocka_unit_test(test_keys_and_change_feed),
@@ -613,5 +815,15 @@ int main(void)
         cmocka_unit_test(test_results_size_cap),
         cmocka_unit_test(test_rollup_fails_whole),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests_name("sqlite", tests, setup,
+                                             teardown);
+    pg_url = getenv("FUSEBOX_TEST_PG");
+    if (pg_url == NULL || pg_url[0] == '\0') {
+        printf("[  SKIPPED ] postgresql: FUSEBOX_TEST_PG is not set "
+               "(make test sets it)\n");
+        return failed;
+    }
+    memcpy(dir, "/tmp/fb-ledger-XXXXXX", sizeof dir);
+    return failed + cmocka_run_group_tests_name("postgresql", pg_tests,
+                                                setup_pg, teardown);
 }
