@@ -1,12 +1,14 @@
 #!/bin/sh
 # Install the Debian packages fusebox builds and tests with, when missing.
 # As root it runs apt-get; otherwise it prints the exact command to run.
-#   --test  also what only the tests need (Chromium, for the dashboard)
+#   --test  also what only the tests need (Chromium, PostgreSQL)
 set -eu
 pkgs="build-essential pkg-config libevent-dev libcurl4-openssl-dev libsqlite3-dev
-libjansson-dev libyaml-dev libssl-dev libcmocka-dev libpcre2-dev sqlite3 git curl openssl nodejs npm"
+libjansson-dev libyaml-dev libssl-dev libcmocka-dev libpcre2-dev libpq-dev sqlite3 git curl openssl nodejs npm"
 if [ "${1:-}" = --test ]; then
-    pkgs="$pkgs chromium"
+    # Chromium for the dashboard; a PostgreSQL server (and psql) for the
+    # store's tests on PostgreSQL and the cluster test
+    pkgs="$pkgs chromium postgresql"
 fi
 missing=""
 for p in $pkgs; do

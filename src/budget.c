@@ -13,7 +13,12 @@
  *     old window's share does not touch the new window.
  *  4. The store is the truth: counters are seeded from it at start (with
  *     crashed reservations charged in full), so a restart never forgets
- *     money. */
+ *     money.
+ *  5. In a cluster (a shared store) a scope with a ceiling is leased: the
+ *     counters are this node's, and spent + reserved <= slice, the part
+ *     of the ceiling the store granted this node (store_pg.c's notes).
+ *     Past its slice a reserve answers FB_EAGAIN with the amount needed:
+ *     the caller takes more and tries again. */
 #include "budget.h"
 
 #include <stdio.h>
@@ -31,6 +36,11 @@ struct fb_scope {
     int64_t window; /* start of the current period, ms */
     fb_money spent;
     fb_money reserved;
+    int leased;       /* a cluster's: reserve within slice */
+    fb_money slice;   /* granted to this node in this window */
+    int taking;       /* a take is on its way (the caller's flag) */
+    fb_money taken;   /* the pool's handed-out total at the last take */
+    int64_t used_ms;  /* last reserve, wall ms: idle slices go back */
 };
 
 struct fb_budget {
@@ -170,6 +180,7 @@ static void roll(fb_scope *s, int64_t now_ms)
         s->window = w;
         s->spent = 0;
         s->reserved = 0;
+        s->slice = 0; /* the old window's slice is of no use now */
     }
 }
 
@@ -202,9 +213,18 @@ fb_err fb_budget_reserve(fb_scope *const *scopes, size_t n, fb_money amount,
             why->request = amount;
             return FB_ELIMIT;
         }
+        if (s->spec.set && s->leased && after > s->slice) {
+            why->scope = s;
+            why->limit = s->spec.limit;
+            why->spent = s->spent;
+            why->reserved = s->reserved;
+            why->request = after - s->slice; /* what the slice lacks */
+            return FB_EAGAIN;
+        }
     }
     for (size_t i = 0; i < n; i++) {
         scopes[i]->reserved += amount; /* checked above */
+        scopes[i]->used_ms = now_ms;
         r->scope[i] = scopes[i];
         r->window[i] = scopes[i]->window;
     }
@@ -224,4 +244,57 @@ void fb_budget_settle(fb_reservation *r, fb_money cost)
             s->spent = FB_MONEY_MAX; /* saturate: never under-count */
     }
     r->n = 0;
+}
+
+/* ---- leases (a cluster) ---- */
+
+void fb_scope_lease(fb_scope *s)
+{
+    s->leased = 1;
+}
+
+int fb_scope_leased(const fb_scope *s)
+{
+    return s->leased && s->spec.set;
+}
+
+int64_t fb_scope_window(fb_scope *s, int64_t now_ms)
+{
+    roll(s, now_ms);
+    return s->window;
+}
+
+void fb_scope_grant(fb_scope *s, int64_t window, fb_money amount)
+{
+    if (window == s->window && fb_money_add(s->slice, amount, &s->slice) !=
+                                   FB_OK)
+        s->slice = FB_MONEY_MAX;
+}
+
+fb_money fb_scope_slack(fb_scope *s, int64_t now_ms, int64_t *idle_ms)
+{
+    roll(s, now_ms);
+    *idle_ms = now_ms - s->used_ms;
+    return s->slice - s->spent - s->reserved;
+}
+
+void fb_scope_shrink(fb_scope *s, fb_money amount)
+{
+    s->slice -= amount;
+}
+
+int *fb_scope_taking(fb_scope *s)
+{
+    return &s->taking;
+}
+
+void fb_scope_pool(fb_scope *s, fb_money taken)
+{
+    s->taken = taken;
+}
+
+fb_money fb_scope_pool_spent(fb_scope *s)
+{
+    fb_money v = s->taken - (s->slice - s->spent - s->reserved) - s->reserved;
+    return v < 0 ? 0 : v;
 }

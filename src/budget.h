@@ -62,12 +62,35 @@ int64_t fb_period_start(fb_period p, int64_t now_ms);
 
 /* Reserve amount in every scope, or in none: FB_ELIMIT and *why filled
  * when any ceiling would be passed, FB_EOVERFLOW when a counter would
- * overflow. r is filled on success. */
+ * overflow; FB_EAGAIN when a leased scope's slice is short (why->scope
+ * the scope, why->request what it lacks). r is filled on success. */
 fb_err fb_budget_reserve(fb_scope *const *scopes, size_t n, fb_money amount,
                          int64_t now_ms, fb_reservation *r, fb_refusal *why);
 /* Replace the reservation by the real cost (which may exceed it: the
  * ledger never under-counts). A share taken in a period that has since
  * ended is dropped from the counters (the store keeps it). */
 void fb_budget_settle(fb_reservation *r, fb_money cost);
+
+/* ---- leases: a cluster's ceilings (budget.c's note 5) ---- */
+
+/* Reserve this scope within the slices the store grants this node. */
+void fb_scope_lease(fb_scope *s);
+int fb_scope_leased(const fb_scope *s); /* leased and with a ceiling */
+/* The scope's current window (rolled to now_ms). */
+int64_t fb_scope_window(fb_scope *s, int64_t now_ms);
+/* A slice granted for window (dropped if the window moved on). */
+void fb_scope_grant(fb_scope *s, int64_t window, fb_money amount);
+/* What the slice holds beyond spent and reserved (negative when a call
+ * cost more than it reserved); *idle_ms since the last reserve. */
+fb_money fb_scope_slack(fb_scope *s, int64_t now_ms, int64_t *idle_ms);
+/* Give amount of the slice back (the caller tells the store). */
+void fb_scope_shrink(fb_scope *s, fb_money amount);
+/* The caller's flag: a take for this scope is on its way. */
+int *fb_scope_taking(fb_scope *s);
+/* What the pool had handed out at the last take; and from it, what the
+ * cluster spent for a 402's body: handed out, less this node's unused
+ * slice and its calls in flight (other nodes' unused slices count). */
+void fb_scope_pool(fb_scope *s, fb_money taken);
+fb_money fb_scope_pool_spent(fb_scope *s);
 
 #endif

@@ -165,7 +165,8 @@ static int key_list(fb_config *c, int as_json)
         printf("%-16s %-12s %-16s %-20s %-16s %s\n", "ID", "PREFIX", "TENANT",
                "JOB", "BUDGET", "STATE");
     if (fb_store_key_list(s, list_one, arr) != FB_OK) {
-        fprintf(stderr, "fusebox key list: cannot read the store\n");
+        fprintf(stderr, "fusebox key list: cannot read the store: %s\n",
+                fb_store_why(s));
         goto out;
     }
     if (as_json) {
@@ -448,7 +449,7 @@ static int spend_by(fb_report_by by, const char *cfg, const char *tenant,
                          .since_ms = since,
                          .until_ms = until};
     if (fb_report_write(s, by, &f, fmt, stdout) != FB_OK) {
-        fprintf(stderr, "fusebox spend: cannot read the store\n");
+        fprintf(stderr, "fusebox spend: cannot read the store: %s\n", fb_store_why(s));
         goto out;
     }
     rc = 0;
@@ -571,7 +572,7 @@ int fb_cli_spend(int argc, char **argv)
     if (fb_store_scopes(x.s, ledger_scope, &x) != FB_OK)
         x.failed = 1;
     if (x.failed) {
-        fprintf(stderr, "fusebox spend: cannot read the store\n");
+        fprintf(stderr, "fusebox spend: cannot read the store: %s\n", fb_store_why(x.s));
         goto out;
     }
     if (as_json) {

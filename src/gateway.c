@@ -86,6 +86,13 @@ typedef struct gateway {
     char **provider_keys;  /* per provider, from the environment */
     int64_t next_id;
     int64_t node; /* this daemon's number in a cluster (store.h); 0 alone */
+    /* a cluster (a shared store): budget slices and heartbeats */
+    int shared;
+    int fenced;              /* reaped by the others: no more paid calls */
+    int beating;             /* a heartbeat is on its way */
+    int64_t beat_sent_ns, beat_ok_ns; /* monotonic */
+    struct event *beat_timer;
+    struct gw_req *lease_wait; /* calls waiting for a slice */
     size_t inflight;
     struct gw_req *live;
     int draining;
@@ -147,6 +154,9 @@ typedef struct gw_req {
     int replayed;           /* answered from a kept result */
     fb_money usage_cost;    /* the settled cost */
     size_t upstream_headers_len; /* a stream's headers before ours */
+    struct gw_req *lease_next;   /* in g->lease_wait */
+    fb_scope *lease_scope;       /* the scope it waits a slice of */
+    const fb_scope *lease_denied; /* its last take found nothing left */
 } gw_req;
 
 static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
@@ -952,14 +962,13 @@ static void serve_replay(gw_req *gr, fb_result *res)
 
 /* Pay for the call: the fuses (trips, retry budgets, ceilings), then the
  * durable reservation, then the provider. */
+static void reserve(gw_req *gr);
+
 static void pay(gw_req *gr)
 {
     gateway *g = gr->g;
     char msg[512], scope[2 * FB_NAME_MAX + 16];
     const char *why;
-    fb_scope *scopes[FB_SCOPES_MAX];
-    size_t n;
-    fb_refusal refusal;
 
     gr->ts_ms = fb_wall_ms();
     if ((why = tripped(gr, 1, scope, sizeof scope)) != NULL) {
@@ -998,9 +1007,43 @@ static void pay(gw_req *gr)
             return;
         }
     }
+    reserve(gr);
+}
+
+static void lease_more(gw_req *gr, fb_scope *s, fb_money need);
+
+/* The ceilings, then the durable reservation, then the provider. */
+static void reserve(gw_req *gr)
+{
+    gateway *g = gr->g;
+    fb_scope *scopes[FB_SCOPES_MAX];
+    size_t n;
+    fb_refusal refusal;
+
+    if (g->shared &&
+        (g->fenced ||
+         fb_mono_ns() - g->beat_ok_ns >
+             (int64_t)g->c->cluster_lease_ms * 500000)) {
+        /* Past half a lease without a heartbeat the others may soon reap
+         * this node and hand its slices out again: spend none of them. */
+        reply_error(gr, 503, "store_unavailable",
+                    "this node cannot confirm its budget slices with the "
+                    "shared store right now");
+        finish(gr);
+        return;
+    }
     key_scopes(gr, scopes, &n);
     fb_err err = fb_budget_reserve(scopes, n, gr->call.worst, gr->ts_ms,
                                    &gr->resv, &refusal);
+    if (err == FB_EAGAIN && refusal.scope != gr->lease_denied) {
+        lease_more(gr, (fb_scope *)refusal.scope, refusal.request);
+        return;
+    }
+    if (err == FB_EAGAIN) { /* nothing left to take: the cluster's 402 */
+        refusal.request = gr->call.worst;
+        refusal.spent = fb_scope_pool_spent((fb_scope *)refusal.scope);
+        err = FB_ELIMIT;
+    }
     if (err == FB_ELIMIT) {
         refuse_budget(gr, &refusal);
         return;
@@ -1028,6 +1071,147 @@ static void pay(gw_req *gr)
                   .attempt = gr->key.attempt,
                   .retry = gr->retry};
     fb_ledger_insert(g->ledger, &e, on_reserved, gr);
+}
+
+static int gone(gw_req *gr);
+
+/* ---- budget slices (a cluster; budget.c's note 5) ---- */
+
+typedef struct take_ctx {
+    gateway *g;
+    fb_scope *scope;
+    int64_t window;
+} take_ctx;
+
+/* A slice came (or did not): every call waiting for one of this scope
+ * tries again; when nothing was left, a call still short is refused. */
+static void on_take(void *arg, fb_err err, fb_money got, fb_money taken)
+{
+    take_ctx *t = arg;
+    gateway *g = t->g;
+    gw_req *mine = NULL, **pp = &g->lease_wait;
+    *fb_scope_taking(t->scope) = 0;
+    if (err == FB_OK || err == FB_ELIMIT)
+        fb_scope_pool(t->scope, taken);
+    if (err == FB_OK) {
+        fb_scope_grant(t->scope, t->window, got);
+    } else if (err == FB_ENOTFOUND) {
+        g->fenced = 1;
+        fb_log(FB_LOG_ERROR, "cluster: this node was reaped by the others "
+               "(its heartbeat stopped for longer than cluster.lease_ms); "
+               "it refuses paid calls until restarted");
+    } else if (err != FB_ELIMIT) {
+        fb_log(FB_LOG_WARN, "cluster: no budget slice for %s: %s",
+               fb_scope_name(t->scope), fb_strerror(err));
+    }
+    while (*pp != NULL) { /* take this scope's waiters, in their order */
+        gw_req *w = *pp;
+        if (w->lease_scope == t->scope) {
+            *pp = w->lease_next;
+            w->lease_next = mine;
+            mine = w;
+        } else {
+            pp = &w->lease_next;
+        }
+    }
+    while (mine != NULL) {
+        gw_req *w = mine;
+        mine = w->lease_next;
+        w->lease_next = NULL;
+        w->lease_scope = NULL;
+        if (gone(w))
+            continue;
+        if (err != FB_OK && err != FB_ELIMIT && err != FB_ENOTFOUND) {
+            reply_error(w, 503, "store_unavailable",
+                        "the shared store cannot grant budget right now");
+            finish(w);
+            continue;
+        }
+        w->lease_denied = err == FB_OK ? NULL : t->scope;
+        reserve(w);
+    }
+    free(t);
+}
+
+/* Wait for more of s's ceiling: one take per scope at a time, for at
+ * least what this call lacks and a chunk more (a 32nd of the ceiling;
+ * the store grants at most a quarter of what is left). */
+static void lease_more(gw_req *gr, fb_scope *s, fb_money need)
+{
+    gateway *g = gr->g;
+    gr->lease_scope = s;
+    gr->lease_next = g->lease_wait;
+    g->lease_wait = gr;
+    int *taking = fb_scope_taking(s);
+    if (*taking)
+        return;
+    take_ctx *t = malloc(sizeof *t);
+    FB_ASSERT(t != NULL);
+    const fb_budget_spec *spec = fb_scope_limit(s);
+    fb_money want = spec->limit / 32 > need ? spec->limit / 32 : need;
+    *taking = 1;
+    t->g = g;
+    t->scope = s;
+    t->window = fb_scope_window(s, gr->ts_ms);
+    fb_ledger_lease_take(g->ledger, g->node, fb_scope_name(s), t->window,
+                         spec->limit, want, need, on_take, t);
+}
+
+typedef struct give_ctx {
+    fb_scope *scope;
+    int64_t window;
+} give_ctx;
+
+static void on_give(void *arg, fb_err err, fb_money got, fb_money given)
+{
+    give_ctx *gc = arg;
+    if (err != FB_OK) /* still ours: the store did not take it back */
+        fb_scope_grant(gc->scope, gc->window, given);
+    free(gc);
+}
+
+static void on_beat(void *arg, fb_err err)
+{
+    gateway *g = arg;
+    g->beating = 0;
+    if (err == FB_OK) {
+        g->beat_ok_ns = g->beat_sent_ns;
+    } else if (err == FB_ENOTFOUND && !g->fenced) {
+        g->fenced = 1;
+        fb_log(FB_LOG_ERROR, "cluster: this node was reaped by the others "
+               "(its heartbeat stopped for longer than cluster.lease_ms); "
+               "it refuses paid calls until restarted");
+    }
+}
+
+/* Every quarter lease: the heartbeat (and the reaping of dead nodes), and
+ * slices idle for a second go back for other nodes to take. */
+static void beat_tick(evutil_socket_t fd, short what, void *arg)
+{
+    gateway *g = arg;
+    int64_t now = fb_wall_ms(), idle;
+    size_t it = 0;
+    fb_scope *s;
+    if (!g->beating) {
+        g->beating = 1;
+        g->beat_sent_ns = fb_mono_ns();
+        fb_ledger_beat(g->ledger, g->node, on_beat, g);
+    }
+    while (fb_budget_next(g->budget, &it, &s)) {
+        if (!fb_scope_leased(s) || *fb_scope_taking(s))
+            continue;
+        fb_money slack = fb_scope_slack(s, now, &idle);
+        if (slack <= 0 || idle < 1000)
+            continue;
+        give_ctx *gc = malloc(sizeof *gc);
+        if (gc == NULL)
+            continue;
+        gc->scope = s;
+        gc->window = fb_scope_window(s, now);
+        fb_scope_shrink(s, slack);
+        fb_ledger_lease_give(g->ledger, g->node, fb_scope_name(s), gc->window,
+                             slack, on_give, gc);
+    }
 }
 
 /* A waiter or a queued caller coming back to a client that left. */
@@ -1088,7 +1272,9 @@ static void lookup(gw_req *gr)
         fb_result_clear(&res);
         return;
     }
-    if (!fb_kept_maybe(gr->g->replay, gr->flight)) {
+    /* Alone, a result this node never kept cannot be there; in a cluster
+     * another node may have bought it. */
+    if (!g->shared && !fb_kept_maybe(gr->g->replay, gr->flight)) {
         on_lookup(gr, FB_ENOTFOUND, NULL); /* never bought: no read */
         return;
     }
@@ -1308,8 +1494,10 @@ static void cache_key(gateway *g, const fb_key_rec *k, fb_money window_spent)
         fb_scope *s = fb_budget_scope(g->budget, name);
         FB_ASSERT(s != NULL);
         fb_scope_set_limit(s, &k->budget);
+        if (g->shared)
+            fb_scope_lease(s);
         fb_scope_seed(s, fb_period_start(k->budget.period, fb_wall_ms()),
-                      window_spent);
+                      g->shared ? 0 : window_spent);
     }
 }
 
@@ -1645,6 +1833,11 @@ static int seed_scopes(gateway *g, fb_store *st)
                 return -1;
             fb_scope_set_limit(s, spec);
             f.since_ms = fb_period_start(spec->period, now);
+            if (g->shared) { /* this node's own counters, from nothing */
+                fb_scope_lease(s);
+                fb_scope_seed(s, f.since_ms, 0);
+                continue;
+            }
             if (fb_store_spend(st, &f, &sp) != FB_OK)
                 return -1;
             fb_scope_seed(s, f.since_ms, sp.spent);
@@ -1749,9 +1942,12 @@ int fb_gateway_serve(const fb_config *c)
     }
     /* The journal first: what it holds was answered before the crash. It
      * is read even when durability is now "full": a run before may have
-     * used it. */
-    if (fb_journal_open(c->data_dir, &journal) != FB_OK ||
-        fb_ledger_replay_journal(st, journal, &replayed) != FB_OK) {
+     * used it. A shared store has none: what a node acknowledges is
+     * committed there (another machine must see it if this one dies). */
+    g.shared = fb_store_shared(st);
+    if (!g.shared &&
+        (fb_journal_open(c->data_dir, &journal) != FB_OK ||
+         fb_ledger_replay_journal(st, journal, &replayed) != FB_OK)) {
         fb_log(FB_LOG_ERROR, "cannot apply the journal in %s", c->data_dir);
         goto out;
     }
@@ -1782,7 +1978,22 @@ int fb_gateway_serve(const fb_config *c)
     /* Without the epoch a purge could not reach the cache: no cache. */
     g.epoch = fb_store_epoch_map(c->data_dir);
     g.epoch_seen = g.epoch ? *g.epoch : 0;
-    fb_cache_set_cap(g.replay, g.epoch ? (size_t)c->replay_cache_bytes : 0);
+    /* A purge by hand reaches this machine's epoch only: in a cluster
+     * results are read from the shared store every time. */
+    fb_cache_set_cap(g.replay, g.epoch && !g.shared
+                                   ? (size_t)c->replay_cache_bytes
+                                   : 0);
+    if (g.shared) {
+        int ms = c->cluster_lease_ms / 4;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        g.beat_ok_ns = fb_mono_ns(); /* joined just now */
+        if ((g.beat_timer = event_new(g.base, -1, EV_PERSIST, beat_tick,
+                                      &g)) == NULL ||
+            event_add(g.beat_timer, &tv) != 0)
+            goto out;
+        fb_log(FB_LOG_INFO, "cluster: node %lld on a shared store (lease "
+               "%d ms)", (long long)g.node, c->cluster_lease_ms);
+    }
     st = maint = NULL;
 
     fb_upstream_opts uo = {c->upstream_connect_timeout_ms,
@@ -1828,6 +2039,12 @@ out:
     fb_alerts_stop(g.alerts);
     fb_server_free(g.srv);
     fb_upstream_free(g.up);
+    if (g.beat_timer)
+        event_free(g.beat_timer);
+    /* A clean stop leaves the cluster: the slices go back now, and the
+     * calls cut upstream above are charged in full. */
+    if (g.shared && g.ledger != NULL)
+        fb_ledger_leave(g.ledger, g.node);
     fb_ledger_stop(g.ledger);
     g.ledger = NULL;
     /* What is left was upstream when the transfers were cut: nothing more

@@ -49,7 +49,16 @@ enum op_kind {
     OP_RESULT,
     OP_COUNT,
     OP_TRIP,
-    OP_IDEM_BIND
+    OP_IDEM_BIND,
+    /* the cluster's: each its own transaction, outside the batch (row
+     * locks on budget pools are held for one statement, never across a
+     * batch: no deadlocks between nodes) */
+    OP_LEASE_TAKE,
+    OP_LEASE_GIVE,
+    OP_BEAT,
+    OP_FLIGHT_CLAIM,
+    OP_FLIGHT_RELEASE,
+    OP_LEAVE /* after the batch it came with: the node's last write */
 };
 
 typedef struct op {
@@ -63,7 +72,10 @@ typedef struct op {
         fb_ledger_key_fn key;
         fb_ledger_result_fn result;
         fb_ledger_count_fn count;
+        fb_ledger_lease_fn lease;
     } cb;
+    int64_t node;            /* the cluster's ops */
+    fb_money want, need, limit, got;
     char *scope;       /* OP_COMPLETE, OP_RESULT, OP_TRIP */
     char *idem;        /* OP_COMPLETE, OP_RESULT */
     int has_result;
@@ -135,6 +147,8 @@ static int deferrable(const op *o)
     case OP_SETTLE:
     case OP_TRIP:
     case OP_IDEM_BIND:
+    case OP_LEASE_GIVE:
+    case OP_FLIGHT_RELEASE:
         return 1;
     default:
         return 0;
@@ -616,6 +630,77 @@ void fb_ledger_trip(fb_ledger *l, const char *scope, const char *reason)
     enqueue(l, o);
 }
 
+static op *op_cluster(enum op_kind kind, int64_t node, const char *scope)
+{
+    op *o = calloc(1, sizeof *o);
+    FB_ASSERT(o != NULL);
+    o->kind = kind;
+    o->node = node;
+    o->scope = dup_or_null(scope);
+    return o;
+}
+
+void fb_ledger_lease_take(fb_ledger *l, int64_t node, const char *scope,
+                          int64_t window, fb_money limit, fb_money want,
+                          fb_money need, fb_ledger_lease_fn cb, void *arg)
+{
+    op *o = op_cluster(OP_LEASE_TAKE, node, scope);
+    o->count = window;
+    o->limit = limit;
+    o->want = want;
+    o->need = need;
+    o->cb.lease = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+void fb_ledger_lease_give(fb_ledger *l, int64_t node, const char *scope,
+                          int64_t window, fb_money amount,
+                          fb_ledger_lease_fn cb, void *arg)
+{
+    op *o = op_cluster(OP_LEASE_GIVE, node, scope);
+    o->count = window;
+    o->want = amount;
+    o->cb.lease = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+void fb_ledger_beat(fb_ledger *l, int64_t node, fb_ledger_done_fn cb,
+                    void *arg)
+{
+    op *o = op_cluster(OP_BEAT, node, NULL);
+    o->cb.done = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+void fb_ledger_leave(fb_ledger *l, int64_t node)
+{
+    enqueue(l, op_cluster(OP_LEAVE, node, NULL));
+}
+
+void fb_ledger_flight_claim(fb_ledger *l, int64_t node, const char *scope,
+                            const uint8_t fp[32], int64_t seq,
+                            fb_ledger_done_fn cb, void *arg)
+{
+    op *o = op_cluster(OP_FLIGHT_CLAIM, node, scope);
+    memcpy(o->hash, fp, 32);
+    o->count = seq;
+    o->cb.done = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
+void fb_ledger_flight_release(fb_ledger *l, const char *scope,
+                              const uint8_t fp[32], int64_t seq)
+{
+    op *o = op_cluster(OP_FLIGHT_RELEASE, 0, scope);
+    memcpy(o->hash, fp, 32);
+    o->count = seq;
+    enqueue(l, o);
+}
+
 void fb_ledger_key_lookup(fb_ledger *l, const uint8_t hash[32], int64_t now_ms,
                           fb_ledger_key_fn cb, void *arg)
 {
@@ -708,6 +793,37 @@ static void run_op(fb_ledger *l, op *o)
         o->err = fb_store_idem_bind(l->store, o->scope, o->idem, o->hash,
                                     o->count, fb_wall_ms(), o->expires_ms);
         break;
+    case OP_LEASE_TAKE:
+        o->err = fb_store_lease_take(l->store, o->node, o->scope, o->count,
+                                     o->limit, o->want, o->need, &o->got,
+                                     &o->limit);
+        break;
+    case OP_LEASE_GIVE:
+        o->err = fb_store_lease_give(l->store, o->node, o->scope, o->count,
+                                     o->want);
+        break;
+    case OP_BEAT: {
+        int64_t n = 0;
+        o->err = fb_store_node_beat(l->store, o->node);
+        /* and the others: whoever looks first reaps a dead node */
+        if (o->err != FB_ENOTFOUND && fb_store_reap(l->store, &n) == FB_OK &&
+            n > 0)
+            fb_log(FB_LOG_WARN, "cluster: reaped %lld dead node%s: their "
+                   "calls in flight charged in full, their unused budget "
+                   "back", (long long)n, n == 1 ? "" : "s");
+        break;
+    }
+    case OP_FLIGHT_CLAIM:
+        o->err = fb_store_flight_claim(l->store, o->node, o->scope, o->hash,
+                                       o->count);
+        break;
+    case OP_FLIGHT_RELEASE:
+        o->err = fb_store_flight_release(l->store, o->scope, o->hash,
+                                         o->count);
+        break;
+    case OP_LEAVE:
+        o->err = fb_store_node_leave(l->store, o->node);
+        break;
     case OP_KEY_LOOKUP:
         o->err = fb_store_key_by_hash(l->store, o->hash, &o->key);
         if (o->err == FB_OK && o->key.budget.set) {
@@ -778,10 +894,25 @@ static void coalesce(op *batch)
 
 static fb_err run_batch(fb_ledger *l, op *batch)
 {
-    fb_err err = fb_store_begin(l->store);
+    fb_err err;
+    int rest = 0;
+    /* The cluster's ops, each on its own: their errors are their own. */
+    for (op *o = batch; o != NULL; o = o->next) {
+        if (o->kind >= OP_LEASE_TAKE && o->kind != OP_LEAVE)
+            run_op(l, o);
+        else
+            rest += o->kind != OP_LEAVE;
+    }
+    if (rest == 0) {
+        err = FB_OK;
+        goto leave;
+    }
+    err = fb_store_begin(l->store);
     if (batch != NULL && batch->next != NULL)
         coalesce(batch);
     for (op *o = batch; o != NULL && err == FB_OK; o = o->next) {
+        if (o->kind >= OP_LEASE_TAKE)
+            continue;
         run_op(l, o);
         if (!fb_store_in_transaction(l->store))
             err = o->err != FB_OK ? o->err : FB_EIO;
@@ -790,6 +921,10 @@ static fb_err run_batch(fb_ledger *l, op *batch)
         err = fb_store_commit(l->store);
     if (err != FB_OK)
         fb_store_rollback(l->store);
+leave:
+    for (op *o = batch; o != NULL; o = o->next)
+        if (o->kind == OP_LEAVE)
+            run_op(l, o);
     return err;
 }
 
@@ -818,8 +953,8 @@ static fb_err process(fb_ledger *l, op *batch, int want_changes)
             rlast = o;
             continue;
         }
-        if (terr != FB_OK && o->err == FB_OK)
-            o->err = terr;
+        if (terr != FB_OK && o->err == FB_OK && o->kind < OP_LEASE_TAKE)
+            o->err = terr; /* the cluster's ops ran on their own */
         o->next = l->done;
         l->done = o;
         l->backlog--;
@@ -1008,9 +1143,23 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
         case OP_COUNT:
             o->cb.count(o->arg, o->err, o->count);
             break;
+        case OP_LEASE_TAKE: /* limit now holds what the pool handed out */
+            o->cb.lease(o->arg, o->err, o->got, o->limit);
+            break;
+        case OP_LEASE_GIVE:
+            if (o->cb.lease)
+                o->cb.lease(o->arg, o->err, 0, o->want);
+            break;
+        case OP_BEAT:
+        case OP_FLIGHT_CLAIM:
+            if (o->cb.done)
+                o->cb.done(o->arg, o->err);
+            break;
         case OP_SETTLE:
         case OP_TRIP:
         case OP_IDEM_BIND:
+        case OP_FLIGHT_RELEASE:
+        case OP_LEAVE:
             break;
         }
         op_free(o);

@@ -90,6 +90,35 @@ void fb_ledger_idem_bind(fb_ledger *l, const char *scope, const char *idem,
 /* Record that scope tripped (fire and forget; in the change feed too). */
 void fb_ledger_trip(fb_ledger *l, const char *scope, const char *reason);
 
+/* ---- the cluster (a shared store: store.h's node calls) ----
+ * Each runs in a transaction of its own, outside the batch. */
+
+/* A budget slice: cb gets FB_OK and got (between need and want), FB_ELIMIT
+ * (not even need is left), FB_ENOTFOUND (this node was reaped) or a store
+ * error; amount is what the pool handed out to all nodes. For a give, got
+ * is 0 and amount what was given (cb may be NULL). */
+typedef void (*fb_ledger_lease_fn)(void *arg, fb_err err, fb_money got,
+                                   fb_money amount);
+void fb_ledger_lease_take(fb_ledger *l, int64_t node, const char *scope,
+                          int64_t window, fb_money limit, fb_money want,
+                          fb_money need, fb_ledger_lease_fn cb, void *arg);
+void fb_ledger_lease_give(fb_ledger *l, int64_t node, const char *scope,
+                          int64_t window, fb_money amount,
+                          fb_ledger_lease_fn cb, void *arg);
+/* The heartbeat, and reaping of dead nodes: cb gets FB_ENOTFOUND when
+ * this node was reaped itself. */
+void fb_ledger_beat(fb_ledger *l, int64_t node, fb_ledger_done_fn cb,
+                    void *arg);
+/* The last op of a clean stop: the node leaves (its slices back). */
+void fb_ledger_leave(fb_ledger *l, int64_t node);
+/* The in-flight marker of a result: cb gets FB_OK (claimed) or FB_EEXIST
+ * (another live node buys it now). */
+void fb_ledger_flight_claim(fb_ledger *l, int64_t node, const char *scope,
+                            const uint8_t fp[32], int64_t seq,
+                            fb_ledger_done_fn cb, void *arg);
+void fb_ledger_flight_release(fb_ledger *l, const char *scope,
+                              const uint8_t fp[32], int64_t seq);
+
 /* 1 while the store takes writes: the last batch (or, after a failure,
  * the last probe write) committed. Loop thread. For /readyz. */
 int fb_ledger_ok(fb_ledger *l);

@@ -176,10 +176,11 @@ fb_err fb_store_node_leave(fb_store *s, int64_t node);
 fb_err fb_store_reap(fb_store *s, int64_t *n);
 /* Take a slice of scope's budget in window for node: between need and
  * want, as much as the ceiling limit leaves (one conditional update).
- * FB_ELIMIT (*got 0) when not even need is left. */
+ * FB_ELIMIT (*got 0) when not even need is left. *taken: what the pool
+ * has handed out to all nodes (after this slice). */
 fb_err fb_store_lease_take(fb_store *s, int64_t node, const char *scope,
                            int64_t window, fb_money limit, fb_money want,
-                           fb_money need, fb_money *got);
+                           fb_money need, fb_money *got, fb_money *taken);
 /* Give amount of node's slice back to the scope's budget. */
 fb_err fb_store_lease_give(fb_store *s, int64_t node, const char *scope,
                            int64_t window, fb_money amount);

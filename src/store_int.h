@@ -60,8 +60,9 @@ typedef void (*fb__verify_fn)(void *arg, const char *check,
     X(fb_err, reap, (fb_store * s, int64_t *n), (s, n))                        \
     X(fb_err, lease_take,                                                      \
       (fb_store * s, int64_t node, const char *scope, int64_t window,         \
-       fb_money limit, fb_money want, fb_money need, fb_money *got),           \
-      (s, node, scope, window, limit, want, need, got))                        \
+       fb_money limit, fb_money want, fb_money need, fb_money *got,            \
+       fb_money *taken),                                                       \
+      (s, node, scope, window, limit, want, need, got, taken))                        \
     X(fb_err, lease_give,                                                      \
       (fb_store * s, int64_t node, const char *scope, int64_t window,         \
        fb_money amount),                                                       \

@@ -130,27 +130,32 @@ static const char schema_v1[] =
     " seq BIGINT NOT NULL, node BIGINT NOT NULL, PRIMARY KEY(scope, fp, seq));"
     "CREATE FUNCTION fusebox_now() RETURNS BIGINT LANGUAGE sql AS"
     " $$SELECT (extract(epoch FROM clock_timestamp())*1000)::bigint$$;"
-    /* A slice between need and want of what the ceiling leaves: its size,
-     * 0 when less than need is left, NULL when the pool has no row yet,
-     * -1 when the node was reaped (it must join again). */
+    /* A slice between need and want of what the ceiling leaves (at most a
+     * quarter of it, unless need is more): got its size, 0 when less than
+     * need is left, NULL when the pool has no row yet, -1 when the node
+     * was reaped (it must join again); taken what the pool handed out. */
     "CREATE FUNCTION fusebox_take(p_node BIGINT, p_scope TEXT,"
-    " p_window BIGINT, p_limit BIGINT, p_want BIGINT, p_need BIGINT)"
-    " RETURNS BIGINT LANGUAGE plpgsql AS $$"
+    " p_window BIGINT, p_limit BIGINT, p_want BIGINT, p_need BIGINT,"
+    " OUT got BIGINT, OUT taken BIGINT) LANGUAGE plpgsql AS $$"
     "DECLARE t BIGINT; g BIGINT;"
     "BEGIN"
     " PERFORM 1 FROM nodes WHERE id=p_node FOR SHARE;"
-    " IF NOT FOUND THEN RETURN -1; END IF;"
-    " SELECT taken INTO t FROM budget_pool WHERE scope=p_scope"
+    " IF NOT FOUND THEN got := -1; RETURN; END IF;"
+    " SELECT budget_pool.taken INTO t FROM budget_pool WHERE scope=p_scope"
     "  AND window_ms=p_window FOR UPDATE;"
-    " IF NOT FOUND THEN RETURN NULL; END IF;"
-    " g := LEAST(p_want, p_limit - t);"
-    " IF g < p_need OR g <= 0 THEN RETURN 0; END IF;"
+    " IF NOT FOUND THEN RETURN; END IF;"
+    " taken := t;"
+    /* never more than a quarter of what is left (unless need asks for
+     * more): slices shrink as the budget runs out, so what other nodes
+     * hold unused at the end stays small */
+    " g := LEAST(p_want, p_limit - t, GREATEST(p_need, (p_limit - t) / 4));"
+    " IF g < p_need OR g <= 0 THEN got := 0; RETURN; END IF;"
     " UPDATE budget_pool SET taken=t+g WHERE scope=p_scope"
     "  AND window_ms=p_window;"
     " INSERT INTO budget_lease VALUES(p_node, p_scope, p_window, g)"
     "  ON CONFLICT(node, scope, window_ms) DO UPDATE"
     "  SET granted=budget_lease.granted+g;"
-    " RETURN g;"
+    " got := g; taken := t + g;"
     "END$$;"
     "CREATE FUNCTION fusebox_give(p_node BIGINT, p_scope TEXT,"
     " p_window BIGINT, p_amount BIGINT) RETURNS BOOLEAN LANGUAGE plpgsql AS $$"
@@ -935,10 +940,10 @@ static fb_err pool_create(fb_store *s, const char *scope, int64_t window)
 
 static fb_err pg_lease_take(fb_store *s, int64_t node, const char *scope,
                             int64_t window, fb_money limit, fb_money want,
-                            fb_money need, fb_money *got)
+                            fb_money need, fb_money *got, fb_money *taken)
 {
     fb_err err = FB_OK;
-    *got = 0;
+    *got = *taken = 0;
     for (int round = 0; round < 2; round++) {
         args a = {0};
         a_i64(&a, node);
@@ -947,12 +952,13 @@ static fb_err pg_lease_take(fb_store *s, int64_t node, const char *scope,
         a_i64(&a, limit);
         a_i64(&a, want);
         a_i64(&a, need);
-        PGresult *r = run(s, "SELECT fusebox_take($1,$2,$3,$4,$5,$6)", &a, 0,
-                          &err);
+        PGresult *r = run(s, "SELECT * FROM fusebox_take($1,$2,$3,$4,$5,$6)",
+                          &a, 0, &err);
         if (r == NULL)
             return err;
         int none = PQntuples(r) != 1 || PQgetisnull(r, 0, 0);
         int64_t g = none ? 0 : col_i64(r, 0, 0);
+        *taken = none ? 0 : col_i64(r, 0, 1);
         PQclear(r);
         if (!none) {
             if (g < 0)
@@ -1178,9 +1184,10 @@ static fb_err pg_scopes(fb_store *s, fb__scopes_fn fn, void *arg)
 {
     fb_err err;
     PGresult *r = run(s,
-                      "SELECT tenant, job FROM spend_rollup UNION "
-                      "SELECT tenant, job FROM ledger WHERE state=0 "
-                      "ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\"",
+                      "SELECT tenant, job FROM (SELECT tenant, job FROM "
+                      "spend_rollup UNION SELECT tenant, job FROM ledger "
+                      "WHERE state=0) x ORDER BY tenant COLLATE \"C\", "
+                      "job COLLATE \"C\"",
                       NULL, 0, &err);
     for (int i = 0; r != NULL && i < PQntuples(r); i++)
         if (fn(arg, col_str(r, i, 0), col_str(r, i, 1)) != 0)
@@ -1202,10 +1209,10 @@ static fb_err pg_breakdown(fb_store *s, const fb_spend_filter *f,
         s,
         "SELECT provider, COALESCE(model,''), COALESCE(path,''), COUNT(*),"
         " SUM(reserved), SUM(cost) FROM ledger WHERE ts_ms>=$1 AND"
-        " ($2=0 OR ts_ms<$2) AND ($3::text IS NULL OR tenant=$3) AND"
+        " ($2::bigint=0 OR ts_ms<$2) AND ($3::text IS NULL OR tenant=$3) AND"
         " ($4::text IS NULL OR job=$4) AND state IN (0,1)"
-        " GROUP BY 1,2,3 ORDER BY 1 COLLATE \"C\",2 COLLATE \"C\","
-        "3 COLLATE \"C\"",
+        " GROUP BY 1,2,3 ORDER BY provider COLLATE \"C\","
+        " COALESCE(model,'') COLLATE \"C\", COALESCE(path,'') COLLATE \"C\"",
         &a, 0, &err);
     for (int i = 0; r != NULL && i < PQntuples(r); i++)
         if (fn(arg, col_str(r, i, 0), col_str(r, i, 1), col_str(r, i, 2),
@@ -1676,7 +1683,7 @@ static fb_err pg_reruns(fb_store *s, int64_t since_ms, fb__reruns_fn fn,
                       "SELECT scope, COUNT(*), (array_agg(outcome ORDER BY"
                       " started_ms DESC, id DESC))[1] FROM runs WHERE"
                       " started_ms>=$1 GROUP BY scope HAVING COUNT(*)>1"
-                      " ORDER BY 2 DESC, 1 COLLATE \"C\"",
+                      " ORDER BY 2 DESC, scope COLLATE \"C\"",
                       &a, 0, &err);
     for (int i = 0; r != NULL && i < PQntuples(r); i++)
         if (fn(arg, col_str(r, i, 0), col_i64(r, i, 1), col_str(r, i, 2)) !=

@@ -1902,9 +1902,10 @@ static fb_err sq_reap(fb_store *s, int64_t *n)
 /* The only node holds the whole budget: its own counters are exact. */
 static fb_err sq_lease_take(fb_store *s, int64_t node, const char *scope,
                             int64_t window, fb_money limit, fb_money want,
-                            fb_money need, fb_money *got)
+                            fb_money need, fb_money *got, fb_money *taken)
 {
     *got = want;
+    *taken = 0;
     return FB_OK;
 }
 

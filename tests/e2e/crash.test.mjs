@@ -4,7 +4,7 @@
 // refused the provider has never billed past the job's ceiling.
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startEnv, pico, usd, waitFor, worstChat, chatBody, SLOW } from './harness.mjs';
+import { startEnv, pico, usd, waitFor, worstChat, chatBody, SLOW, STORE_PG } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
 const MAX_TOKENS = 200;
@@ -29,7 +29,11 @@ const HEADERS = { 'x-fake-completion-tokens': String(MAX_TOKENS) };
 
 const SCOPES = ['global', 'tenant:crash', 'job:c1'];
 
-it('kill -9 with calls in flight never loses money, at three moments', async (t) => {
+it('kill -9 with calls in flight never loses money, at three moments', {
+  // on a shared store a killed node's calls are charged when another node
+  // reaps it, not at the restart: cluster.test.mjs shows that
+  skip: STORE_PG && 'SQLite only: charged at the restart',
+}, async (t) => {
   const env = await startEnv({
     t,
     budgets: {

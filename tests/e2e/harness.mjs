@@ -370,6 +370,11 @@ function configYaml(o) {
   }
   if (o.admin) lines.push('admin:', `  listen: ${yq('127.0.0.1:0')}`);
   else lines.push('admin:', '  listen: off');
+  if (o.store) {
+    lines.push(`store: ${yq(o.store)}`);
+    // short leases: a node killed in a test is reaped within seconds
+    lines.push('cluster:', '  lease_ms: 1500');
+  }
   if (o.extraYaml) lines.push(o.extraYaml.trimEnd());
   return lines.join('\n') + '\n';
 }
@@ -391,6 +396,9 @@ function configYaml(o) {
  *   logLevel
  *   gwEnv       extra environment for the gateway (LD_PRELOAD, ...)
  *   extraYaml   raw YAML appended to the config (alerts: ...)
+ *   store       a PostgreSQL URL to share (cluster tests); by default each
+ *               env gets a database of its own when FUSEBOX_E2E_STORE=pg
+ *               (then FUSEBOX_TEST_PG names the server), else SQLite
  *   clock       a test clock's start (ms): env.setClock(ms) moves it
  *   admin       true: the admin surface on a free loopback port
  *               (env.adminUrl), with a random token (env.adminToken)
@@ -399,6 +407,29 @@ function configYaml(o) {
  * Call env.close() at the end (or pass t): it stops everything and
  * asserts that no process printed a sanitizer report.
  */
+/* ---- PostgreSQL (FUSEBOX_TEST_PG: a throw-away server, scripts/pg.sh) ---- */
+
+/** The suites run on PostgreSQL when FUSEBOX_E2E_STORE=pg. */
+export const STORE_PG = process.env.FUSEBOX_E2E_STORE === 'pg' && !!process.env.FUSEBOX_TEST_PG;
+export const PG_URL = process.env.FUSEBOX_TEST_PG || null;
+
+/** Run SQL on the test server's postgres database (psql, no retries). */
+export function pgSql(sql, db = null) {
+  let url = PG_URL;
+  if (db) url = url.replace(/\/[^/?]*(\?|$)/, `/${db}$1`);
+  return new Promise((res, rej) => {
+    execFile('psql', [url, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-c', sql],
+      { timeout: 60000 }, (err, stdout, stderr) => (err ? rej(new Error(`${sql}: ${stderr}`)) : res(stdout.trim())));
+  });
+}
+
+/** A new, empty database on the test server; its URL. */
+export async function pgDatabase(name) {
+  assert.ok(PG_URL, 'FUSEBOX_TEST_PG is not set');
+  await pgSql(`CREATE DATABASE ${name}`);
+  return PG_URL.replace(/\/[^/?]*(\?|$)/, `/${name}$1`);
+}
+
 export async function startEnv(opts = {}) {
   const env = new Env(opts);
   if (opts.t) opts.t.after(() => env.close());
@@ -472,7 +503,13 @@ class Env {
       if (typeof copy.base_url === 'string') copy.base_url = copy.base_url.replace('FAKE', this.fakeUrl);
       providers[name] = copy;
     }
+    this.store = o.store || null;
+    if (!this.store && STORE_PG) {
+      this.pgDb = `fbe2e_${randomBytes(6).toString('hex')}`;
+      this.store = await pgDatabase(this.pgDb);
+    }
     this.yaml = configYaml({
+      store: this.store,
       dataDir: this.dataDir,
       logLevel: o.logLevel,
       prices: pricesFile ? [pricesFile] : [],
@@ -484,6 +521,10 @@ class Env {
       extraYaml: o.extraYaml,
     });
     writeFileSync(this.configPath, this.yaml);
+    if (this.store) {
+      const m = await run(['migrate', '--config', this.configPath], { env: this.cliEnv });
+      assert.equal(m.code, 0, `fusebox migrate failed: ${m.stderr}`);
+    }
     await this.startGateway();
   }
 
@@ -704,6 +745,7 @@ class Env {
         }
       }
     } finally {
+      if (this.pgDb) await pgSql(`DROP DATABASE IF EXISTS ${this.pgDb} WITH (FORCE)`).catch(() => {});
       if (process.env.FUSEBOX_E2E_KEEP !== '1' && existsSync(this.dir)) {
         rmSync(this.dir, { recursive: true, force: true });
       }

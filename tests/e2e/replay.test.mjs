@@ -13,6 +13,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import {
   startEnv, pico, waitFor, chatBody, worstChat, SLOW,
   fakeFaultQueue, fakeFaultsClear, cliRun, replayedHeader, spendRowWhen,
+  STORE_PG,
 } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
@@ -672,7 +673,11 @@ describe('kill -9 around a paid answer', () => {
     assert.doesNotMatch(env.gatewayStderr(), /charged in full/, 'a delivered call was left unsettled');
   });
 
-  it('kill -9 while the provider holds the call: after restart the request is replayed or paid once more; spend >= billed, never double', async (t) => {
+  it('kill -9 while the provider holds the call: after restart the request is replayed or paid once more; spend >= billed, never double', {
+    // on a shared store a killed node's calls are charged when another
+    // node reaps it, not at the restart: cluster.test.mjs shows that
+    skip: STORE_PG && 'SQLite only: charged at the restart',
+  }, async (t) => {
     const env = await startEnv({ t, budgets: { tenants: { acme: { jobs: { cr: null } } } } });
     const key = await env.createKey({ tenant: 'acme', job: 'cr' });
     const body = chatBody({ content: 'In flight when the gateway dies.' });

@@ -702,7 +702,7 @@ static void test_leases(void **state)
     (void)state;
     fb_store *a = open_store(), *b = open_store();
     int64_t na, nb, ba, bb;
-    fb_money got;
+    fb_money got, taken;
     assert_int_equal(fb_store_node_join(a, &na, &ba), FB_OK);
     assert_int_equal(fb_store_node_join(b, &nb, &bb), FB_OK);
     assert_true(na != nb);
@@ -714,23 +714,30 @@ static void test_leases(void **state)
     e.status = 200;
     e.outcome = "ok";
     assert_int_equal(fb_store_entry_insert(a, &e), FB_OK);
+    /* 900 left: a slice is at most a quarter of it, unless need is more. */
     assert_int_equal(fb_store_lease_take(a, na, "job:lt/j", 0, 1000, 600, 1,
-                                         &got),
+                                         &got, &taken),
+                     FB_OK);
+    assert_int_equal(got, 225);
+    assert_int_equal(fb_store_lease_give(a, na, "job:lt/j", 0, 225), FB_OK);
+    assert_int_equal(fb_store_lease_take(a, na, "job:lt/j", 0, 1000, 600,
+                                         600, &got, &taken),
                      FB_OK);
     assert_int_equal(got, 600);
-    /* 300 left: B wants 500 but needs 200 and gets 300; then nothing. */
+    /* 300 left: B wants 500, needs 300 and gets it; then nothing. */
     assert_int_equal(fb_store_lease_take(b, nb, "job:lt/j", 0, 1000, 500,
-                                         200, &got),
+                                         300, &got, &taken),
                      FB_OK);
     assert_int_equal(got, 300);
+    assert_int_equal(taken, 1000);
     assert_int_equal(fb_store_lease_take(b, nb, "job:lt/j", 0, 1000, 5, 1,
-                                         &got),
+                                         &got, &taken),
                      FB_ELIMIT);
     assert_int_equal(pool_taken("job:lt/j"), 1000);
     /* A gives 200 back: B can take it. Giving more than held fails. */
     assert_int_equal(fb_store_lease_give(a, na, "job:lt/j", 0, 200), FB_OK);
     assert_int_equal(fb_store_lease_take(b, nb, "job:lt/j", 0, 1000, 500,
-                                         150, &got),
+                                         200, &got, &taken),
                      FB_OK);
     assert_int_equal(got, 200);
     assert_int_equal(fb_store_lease_give(a, na, "job:lt/j", 0, 401), FB_OK);
@@ -749,7 +756,7 @@ static void test_leases(void **state)
     assert_int_equal(pool_taken("job:lt/j"), 1000 - (400 - 120));
     /* A reaped node takes nothing more until it joins again. */
     assert_int_equal(fb_store_lease_take(a, na, "job:lt/j", 0, 1000, 10, 1,
-                                         &got),
+                                         &got, &taken),
                      FB_ENOTFOUND);
     fb_spend sp;
     fb_spend_filter f = {.tenant = "lt", .job = "j"};
