@@ -672,15 +672,17 @@ static fb_err admin_section(ctx *x, yaml_node_t *n, fb_config *c)
 
 int fb_store_url_ok(const char *s, size_t len)
 {
-    size_t skip = len >= 11 && memcmp(s, "postgres://", 11) == 0     ? 11
-                  : len >= 13 && memcmp(s, "postgresql://", 13) == 0 ? 13
-                                                                     : 0;
-    if (skip == 0)
-        return 0;
-    for (size_t i = 0; i < len; i++)
+    static const char *const schemes[] = {"postgres://", "postgresql://"};
+    int ok = 0;
+    for (size_t i = 0; i < FB_ARRAY_LEN(schemes); i++) {
+        size_t n = strlen(schemes[i]);
+        if (len > n && memcmp(s, schemes[i], n) == 0)
+            ok = 1;
+    }
+    for (size_t i = 0; ok && i < len; i++)
         if ((unsigned char)s[i] <= ' ' || s[i] == 0x7f)
-            return 0;
-    return 1;
+            ok = 0;
+    return ok;
 }
 
 /* store: "sqlite" (the embedded default, under data_dir) or a PostgreSQL
