@@ -157,6 +157,11 @@ typedef struct gw_req {
     struct gw_req *lease_next;   /* in g->lease_wait */
     fb_scope *lease_scope;       /* the scope it waits a slice of */
     const fb_scope *lease_denied; /* its last take found nothing left */
+    /* single flight across nodes (a shared store's in-flight markers) */
+    int claimed;                 /* holds the marker of (rscope, fp, seq) */
+    int iclaimed;                /* holds the marker of its Idempotency-Key */
+    struct event *poll_ev;       /* looks again while another node buys */
+    int poll_ms;
 } gw_req;
 
 static void on_key_lookup(void *arg, fb_err err, const fb_key_rec *k,
@@ -193,6 +198,14 @@ static void finish(gw_req *gr)
         /* Nothing was bought or handed back under this occurrence: the
          * retry of a failed call is the same occurrence again. */
         fb_occ_release(g->replay, gr->occ, gr->seq);
+    /* Queued after the call's completion: a kept result is in the store
+     * before its marker goes (result_put drops it too). */
+    if (gr->claimed && g->ledger != NULL)
+        fb_ledger_flight_release(g->ledger, gr->rscope, gr->fp, gr->seq);
+    if (gr->iclaimed && g->ledger != NULL)
+        fb_ledger_flight_release(g->ledger, gr->rscope, gr->iflight, -1);
+    if (gr->poll_ev)
+        event_free(gr->poll_ev);
     free(gr->idem);
     free(gr->held);
     if (gr->keep)
@@ -1225,6 +1238,8 @@ static int gone(gw_req *gr)
     return 1;
 }
 
+static void on_claim(void *arg, fb_err err);
+
 static void on_lookup(void *arg, fb_err err, fb_result *res)
 {
     gw_req *gr = arg;
@@ -1243,7 +1258,61 @@ static void on_lookup(void *arg, fb_err err, fb_result *res)
     }
     if (gone(gr))
         return;
+    if (gr->g->shared && !gr->claimed) {
+        /* Another node may be buying it right now: the marker says. */
+        fb_ledger_flight_claim(gr->g->ledger, gr->g->node, gr->rscope, gr->fp,
+                               gr->seq, on_claim, gr);
+        return;
+    }
     pay(gr);
+}
+
+static void look_again(evutil_socket_t fd, short what, void *arg);
+
+/* Another node holds the marker: look again a little later (50 ms,
+ * doubling to half a second), until its result is kept or the marker
+ * is gone (its call failed, or the node died and was reaped). */
+static void poll_later(gw_req *gr, void (*fn)(evutil_socket_t, short, void *))
+{
+    if (gr->poll_ev == NULL &&
+        (gr->poll_ev = event_new(gr->g->base, -1, 0, fn, gr)) == NULL) {
+        reply_error(gr, 503, "store_unavailable", "out of memory");
+        finish(gr);
+        return;
+    }
+    gr->poll_ms = gr->poll_ms == 0 ? 50 : gr->poll_ms >= 250 ? 500
+                                                             : gr->poll_ms * 2;
+    struct timeval tv = {0, gr->poll_ms * 1000};
+    event_del(gr->poll_ev);
+    event_assign(gr->poll_ev, gr->g->base, -1, 0, fn, gr);
+    event_add(gr->poll_ev, &tv);
+}
+
+static void on_claim(void *arg, fb_err err)
+{
+    gw_req *gr = arg;
+    if (err == FB_OK) {
+        gr->claimed = 1;
+        if (!gone(gr))
+            pay(gr);
+        return;
+    }
+    if (err == FB_EEXIST) {
+        poll_later(gr, look_again);
+        return;
+    }
+    reply_error(gr, 503, "store_unavailable",
+                "the shared store cannot be reached right now");
+    finish(gr);
+}
+
+static void look_again(evutil_socket_t fd, short what, void *arg)
+{
+    gw_req *gr = arg;
+    if (gone(gr))
+        return;
+    fb_ledger_result_lookup(gr->g->ledger, gr->rscope, gr->fp, gr->seq, NULL,
+                            fb_wall_ms(), on_lookup, gr);
 }
 
 /* Is result seq already kept, or being bought right now? */
@@ -1339,6 +1408,8 @@ static void occurrence(gw_req *gr)
 
 static void idempotent(gw_req *gr);
 
+static void on_iclaim(void *arg, fb_err err);
+
 static void on_idem(void *arg, fb_err err, fb_result *res)
 {
     gw_req *gr = arg;
@@ -1361,7 +1432,45 @@ static void on_idem(void *arg, fb_err err, fb_result *res)
         finish(gr);
         return;
     }
+    if (gr->g->shared && !gr->iclaimed) {
+        /* In flight on another node? Its marker: (scope, the key's
+         * flight key, -1). */
+        fb_ledger_flight_claim(gr->g->ledger, gr->g->node, gr->rscope,
+                               gr->iflight, -1, on_iclaim, gr);
+        return;
+    }
     occurrence(gr);
+}
+
+static void idem_again(evutil_socket_t fd, short what, void *arg)
+{
+    gw_req *gr = arg;
+    if (gone(gr))
+        return;
+    fb_ledger_result_lookup(gr->g->ledger, gr->rscope, gr->fp, 0, gr->idem,
+                            fb_wall_ms(), on_idem, gr);
+}
+
+static void on_iclaim(void *arg, fb_err err)
+{
+    gw_req *gr = arg;
+    if (err == FB_OK) {
+        gr->iclaimed = 1;
+        if (!gone(gr))
+            occurrence(gr);
+        return;
+    }
+    if (err == FB_EEXIST && gr->g->c->idempotency_wait) {
+        poll_later(gr, idem_again);
+        return;
+    }
+    if (err == FB_EEXIST)
+        reply_error(gr, 409, "idempotency_key_in_flight",
+                    "a request with this Idempotency-Key is in flight");
+    else
+        reply_error(gr, 503, "store_unavailable",
+                    "the shared store cannot be reached right now");
+    finish(gr);
 }
 
 /* Idempotency-Key (IETF httpapi draft): the same key and request replay;

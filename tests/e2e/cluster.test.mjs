@@ -184,4 +184,53 @@ describe('a cluster of three nodes on PostgreSQL', { skip: !PG_URL && 'FUSEBOX_T
     await waitFor(async () => (await post(cl.c, chatBody({ content: `reset ${n++}`, maxTokens: 8 }))).status === 200,
       { timeoutMs: 5000, intervalMs: 25, message: 'the reset on another node' });
   });
+
+  it('single flight across nodes: 12 identical calls spread over three nodes make one upstream call', async (t) => {
+    const cl = await cluster(t);
+    const key = await cl.a.createKey({ tenant: 'acme', job: 'main' });
+    const body = chatBody({ content: 'Twelve at once, three nodes.', maxTokens: 8 });
+    const b0 = await cl.a.billingStable();
+    // the one that reaches the provider is held there for 500 ms
+    const rs = await Promise.all(Array.from({ length: 12 }, (_, i) => request('POST',
+      `${cl.nodes[i % 3].gwUrl}/openai/v1/chat/completions`, {
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json',
+          'x-fake-fault': 'delay_ms=500' },
+        body,
+      })));
+    for (const r of rs) assert.equal(r.status, 200, `${r.status}: ${r.text}`);
+    const b1 = await cl.a.billingStable();
+    assert.equal(b1.requests - b0.requests, 1, `${b1.requests - b0.requests} upstream calls`);
+    assert.equal(new Set(rs.map((r) => r.text)).size, 1, 'every caller got the same body');
+    assert.equal(rs.filter((r) => r.headers['x-fusebox-replayed'] === 'true').length, 11);
+  });
+
+  it('an Idempotency-Key in flight on one node is 409 on another; then it replays everywhere', async (t) => {
+    const cl = await cluster(t);
+    const key = await cl.a.createKey({ tenant: 'acme', job: 'main' });
+    const body = chatBody({ content: 'Charge the card once.', maxTokens: 8 });
+    const post = (node, extra = {}) => request('POST', `${node.gwUrl}/openai/v1/chat/completions`, {
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json',
+        'idempotency-key': 'op-cluster-1', ...extra },
+      body,
+    });
+    const slow = post(cl.a, { 'x-fake-fault': 'delay_ms=1500' });
+    await waitFor(async () => (await cl.a.billing()).pending > 0, { message: 'the first call at the provider' });
+    const busy = await post(cl.b);
+    assert.equal(busy.status, 409, busy.text);
+    assert.equal(busy.json.error.type, 'idempotency_key_in_flight');
+    const first = await slow;
+    assert.equal(first.status, 200, first.text);
+    for (const node of [cl.b, cl.c]) {
+      const r = await post(node);
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.text, first.text);
+      assert.equal(r.headers['x-fusebox-replayed'], 'true');
+    }
+    const other = await request('POST', `${cl.c.gwUrl}/openai/v1/chat/completions`, {
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json',
+        'idempotency-key': 'op-cluster-1' },
+      body: chatBody({ content: 'Another request, same key.', maxTokens: 8 }),
+    });
+    assert.equal(other.status, 422, other.text);
+  });
 });
