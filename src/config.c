@@ -1569,7 +1569,6 @@ static fb_err root_section(ctx *x, yaml_node_t *root, fb_config *c)
         if ((rc = path_value(x, f[DATA_DIR].val, "data_dir", &d)) != FB_OK)
             return rc;
         free(c->data_dir);
-    free(c->store_url);
         c->data_dir = d;
     }
     if (f[PRICES].val != NULL &&
@@ -1873,6 +1872,7 @@ void fb_config_free(fb_config *c)
         free(c->alert_command[i]);
     free(c->alert_command);
     free(c->data_dir);
+    free(c->store_url);
     for (size_t i = 0; i < c->nreplay_ignore; i++)
         free(c->replay_ignore[i]);
     free(c->replay_ignore);

@@ -1821,6 +1821,7 @@ static char *metrics_text(void *ud, size_t *len)
                           .now_ms = fb_wall_ms(),
                           .store_ok = fb_ledger_ok(g->ledger),
                           .ledger_backlog = fb_ledger_backlog(g->ledger),
+                          .store_round_trips = fb_store_round_trips(),
                           .connections = fb_server_connections(g->srv),
                           .in_flight = g->inflight};
     return fb_metrics_render(g->metrics, &src, len);

@@ -385,6 +385,10 @@ char *fb_metrics_render(fb_metrics *m, const fb_metrics_src *src,
     head(f, "fusebox_ledger_backlog", "gauge",
          "Store operations queued or running.");
     fprintf(f, "fusebox_ledger_backlog %zu\n", src->ledger_backlog);
+    head(f, "fusebox_store_round_trips_total", "counter",
+         "Round trips to a shared (PostgreSQL) store, from every thread.");
+    fprintf(f, "fusebox_store_round_trips_total %llu\n",
+            (unsigned long long)src->store_round_trips);
     head(f, "fusebox_connections", "gauge", "Open client connections.");
     fprintf(f, "fusebox_connections %zu\n", src->connections);
     head(f, "fusebox_calls_in_flight", "gauge", "Calls being answered.");

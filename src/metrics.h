@@ -45,6 +45,7 @@ typedef struct fb_metrics_src {
     int64_t now_ms;
     int store_ok;
     size_t ledger_backlog;
+    uint64_t store_round_trips; /* to a shared store; 0 on SQLite */
     size_t connections;
     size_t in_flight;
 } fb_metrics_src;

@@ -120,6 +120,9 @@ fb_err fb_store_epoch_bump(const char *data_dir);
 fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
                      size_t errcap);
 void fb_store_close(fb_store *s);
+/* Round trips to PostgreSQL this process made, over every handle (for
+ * /metrics: what leasing costs per call). */
+uint64_t fb_store_round_trips(void);
 /* Is the config's store the embedded SQLite one (not PostgreSQL)? */
 int fb_store_embedded(const fb_config *c);
 /* fusebox migrate: bring the store's schema to this build's version.

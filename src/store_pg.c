@@ -43,6 +43,19 @@
 
 static const fb_store_ops pg_ops;
 
+/* Every PQexec*, PQprepare is one round trip (no pipelining). */
+static uint64_t round_trips;
+
+uint64_t fb_store_round_trips(void)
+{
+    return __atomic_load_n(&round_trips, __ATOMIC_RELAXED);
+}
+
+static void trip_count(void)
+{
+    __atomic_add_fetch(&round_trips, 1, __ATOMIC_RELAXED);
+}
+
 struct fb_store {
     const fb_store_ops *ops; /* first: store.c reads it */
     PGconn *pg;
@@ -53,6 +66,13 @@ struct fb_store {
                                    by their text's address ("sN": index) */
     int nprep;
 };
+
+/* A statement whose result does not matter (a rollback after a failure). */
+static void exec_quiet(fb_store *s, const char *sql)
+{
+    trip_count();
+    PQclear(PQexec(s->pg, sql));
+}
 
 /* Version 1: everything of SQLite's schema 4, in PostgreSQL's types,
  * and the cluster's tables. Money columns are integer picodollars. */
@@ -281,6 +301,7 @@ static PGresult *run(fb_store *s, const char *sql, const args *a, int dyn,
             slot = i;
     if (!dyn && slot < 0 && s->nprep < PREP_MAX) {
         snprintf(name, sizeof name, "s%d", s->nprep);
+        trip_count();
         r = PQprepare(s->pg, name, sql, n, NULL);
         *err = res_err(s, r);
         PQclear(r);
@@ -289,6 +310,7 @@ static PGresult *run(fb_store *s, const char *sql, const args *a, int dyn,
         s->prep[s->nprep] = sql;
         slot = s->nprep++;
     }
+    trip_count();
     if (slot >= 0) {
         snprintf(name, sizeof name, "s%d", slot);
         r = PQexecPrepared(s->pg, name, n, v, len, fmt, 0);
@@ -446,7 +468,7 @@ static fb_err migrate(fb_store *s, int *from, char *errbuf, size_t errcap)
     PQclear(r);
 out:
     if (err != FB_OK) {
-        PQclear(PQexec(s->pg, "ROLLBACK"));
+        exec_quiet(s, "ROLLBACK");
         snprintf(errbuf, errcap, "store: migrate: %s", s->why);
     }
     return err;
@@ -538,6 +560,7 @@ int fb__pg_schema_version(void)
 
 static fb_err simple(fb_store *s, const char *sql)
 {
+    trip_count();
     PGresult *r = PQexec(s->pg, sql);
     fb_err err = res_err(s, r);
     PQclear(r);
@@ -553,8 +576,8 @@ static void heal(fb_store *s)
     PQreset(s->pg);
     s->nprep = 0;
     if (PQstatus(s->pg) == CONNECTION_OK)
-        PQclear(PQexec(s->pg, "SET bytea_output=hex;"
-                              "SET application_name=fusebox"));
+        exec_quiet(s, "SET bytea_output=hex;"
+                           "SET application_name=fusebox");
 }
 
 static fb_err pg_begin(fb_store *s)
@@ -578,7 +601,7 @@ static void pg_rollback(fb_store *s)
     fb__roll_drop(&s->rolls);
     s->rolls.failed = 0;
     if (PQtransactionStatus(s->pg) != PQTRANS_IDLE)
-        PQclear(PQexec(s->pg, "ROLLBACK"));
+        exec_quiet(s, "ROLLBACK");
 }
 
 static int pg_in_transaction(fb_store *s)
@@ -1919,7 +1942,7 @@ static fb_err pg_verify(fb_store *s, int64_t now_ms, fb__verify_fn fn,
         PQclear(r);
     }
     if (snapshot)
-        PQclear(PQexec(s->pg, "COMMIT"));
+        exec_quiet(s, "COMMIT");
     return err;
 }
 

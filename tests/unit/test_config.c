@@ -777,6 +777,42 @@ static void test_budget_spec(void **state)
 
 /* admin: and alerts: (issue 7): defaults, values, and the rule a scope
  * gets (its job's override, else its tenant's, else the defaults). */
+/* store: sqlite or a PostgreSQL URL (never echoed: it may hold a
+ * password); cluster.lease_ms within bounds. */
+static void test_store_and_cluster(void **state)
+{
+    (void)state;
+    fb_config *c = parse_ok("listen: 127.0.0.1:8787\n", "/b");
+    assert_null(c->store_url);
+    assert_int_equal(c->cluster_lease_ms, 10000);
+    fb_config_free(c);
+    c = parse_ok("store: postgres://u:secret@db.internal:5432/fb\n"
+                 "cluster: {lease_ms: 3000}\n",
+                 "/b");
+    assert_string_equal(c->store_url, "postgres://u:secret@db.internal:5432/fb");
+    assert_int_equal(c->cluster_lease_ms, 3000);
+    fb_config_free(c);
+    c = parse_ok("store: postgresql://db/fb\n", "/b");
+    assert_string_equal(c->store_url, "postgresql://db/fb");
+    fb_config_free(c);
+    c = parse_ok("store: sqlite\n", "/b");
+    assert_null(c->store_url);
+    fb_config_free(c);
+    char err[256] = "";
+    const char *bad = "store: mysql://u:hunter2@db/fb\n";
+    c = NULL;
+    assert_int_equal(fb_config_parse(bad, strlen(bad), "/b", &c, err,
+                                     sizeof err),
+                     FB_EINVAL);
+    assert_null(c);
+    assert_non_null(strstr(err, "postgres://"));
+    assert_null(strstr(err, "hunter2")); /* the value is not echoed */
+    parse_err("store: 'postgres://db/fb x'\n", "store");
+    parse_err("store: postgres://\n", "store");
+    parse_err("cluster: {lease_ms: 10}\n", "cluster.lease_ms");
+    parse_err("cluster: {lease: 1000}\n", "lease");
+}
+
 static void test_admin_and_alerts(void **state)
 {
     (void)state;
@@ -855,6 +891,7 @@ int main(void)
         cmocka_unit_test(test_late_errors),
         cmocka_unit_test(test_budget_spec),
         cmocka_unit_test(test_admin_and_alerts),
+        cmocka_unit_test(test_store_and_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
