@@ -8,6 +8,7 @@
 #   make bench-scale  memory with many keys, results and open streams
 #   make bench-dashboard  the dashboard over a million ledger rows
 #   make bench-scan   fusebox scan's rate in MB/s
+#   make bench-cluster  throughput of 1 node on SQLite, 1 and 3 on PostgreSQL
 #   make callgrind-check  instructions per call against bench/callgrind.limits
 #   make torture    kill -9 the gateway under load KILLS=100 times, check after each restart
 #   make SANITIZE=1 ASan + UBSan build (into build-san/)
@@ -51,7 +52,7 @@ FUZZ_SRC := $(wildcard fuzz/*_fuzz.c)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=build-fuzz/%)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test unit e2e e2e-pg torture demo demo-incident bench bench-scale bench-dashboard bench-scan callgrind-check install clean format valgrind fuzz fuzz-replay
+.PHONY: all deps test unit e2e e2e-pg torture demo demo-incident bench bench-scale bench-dashboard bench-scan bench-cluster callgrind-check install clean format valgrind fuzz fuzz-replay
 
 all: $(BUILD)/fusebox
 
@@ -144,6 +145,13 @@ bench-dashboard:
 bench-scan: deps
 	@$(MAKE) --no-print-directory all
 	@node bench/scan.mjs $(abspath $(BUILD)/fusebox)
+
+# Forwarded-call throughput: one node on SQLite, one on PostgreSQL, three
+# on one PostgreSQL; round trips per call (issue 9): bench/results/cluster.md
+bench-cluster: deps
+	@scripts/deps.sh --test
+	@$(MAKE) --no-print-directory all
+	@node bench/cluster.mjs $(abspath $(BUILD)/fusebox)
 
 # The bench's load generator (open loop at fixed rates, p99.9): libevent only.
 $(BUILD)/loadgen: bench/loadgen.c

@@ -198,9 +198,9 @@ static void finish(gw_req *gr)
         /* Nothing was bought or handed back under this occurrence: the
          * retry of a failed call is the same occurrence again. */
         fb_occ_release(g->replay, gr->occ, gr->seq);
-    /* Queued after the call's completion: a kept result is in the store
-     * before its marker goes (result_put drops it too). */
-    if (gr->claimed && g->ledger != NULL)
+    /* A kept result took its marker with it (result_put); otherwise it
+     * goes now, queued after the call's settlement. */
+    if (gr->claimed && !gr->kept && g->ledger != NULL)
         fb_ledger_flight_release(g->ledger, gr->rscope, gr->fp, gr->seq);
     if (gr->iclaimed && g->ledger != NULL)
         fb_ledger_flight_release(g->ledger, gr->rscope, gr->iflight, -1);
@@ -1238,7 +1238,9 @@ static int gone(gw_req *gr)
     return 1;
 }
 
-static void on_claim(void *arg, fb_err err);
+static void poll_later(gw_req *gr,
+                       void (*fn)(evutil_socket_t, short, void *));
+static void look_again(evutil_socket_t fd, short what, void *arg);
 
 static void on_lookup(void *arg, fb_err err, fb_result *res)
 {
@@ -1250,24 +1252,23 @@ static void on_lookup(void *arg, fb_err err, fb_result *res)
         serve_replay(gr, res);
         return;
     }
+    if (err == FB_EEXIST && gr->g->shared) { /* another node buys it */
+        poll_later(gr, look_again);
+        return;
+    }
     if (err != FB_ENOTFOUND) {
         reply_error(gr, 503, "store_unavailable",
                     "the kept results cannot be read right now");
         finish(gr);
         return;
     }
+    /* In a cluster not found means claimed: this node buys it (and the
+     * marker goes at finish, or with the kept result). */
+    gr->claimed = gr->g->shared;
     if (gone(gr))
         return;
-    if (gr->g->shared && !gr->claimed) {
-        /* Another node may be buying it right now: the marker says. */
-        fb_ledger_flight_claim(gr->g->ledger, gr->g->node, gr->rscope, gr->fp,
-                               gr->seq, on_claim, gr);
-        return;
-    }
     pay(gr);
 }
-
-static void look_again(evutil_socket_t fd, short what, void *arg);
 
 /* Another node holds the marker: look again a little later (50 ms,
  * doubling to half a second), until its result is kept or the marker
@@ -1288,31 +1289,13 @@ static void poll_later(gw_req *gr, void (*fn)(evutil_socket_t, short, void *))
     event_add(gr->poll_ev, &tv);
 }
 
-static void on_claim(void *arg, fb_err err)
-{
-    gw_req *gr = arg;
-    if (err == FB_OK) {
-        gr->claimed = 1;
-        if (!gone(gr))
-            pay(gr);
-        return;
-    }
-    if (err == FB_EEXIST) {
-        poll_later(gr, look_again);
-        return;
-    }
-    reply_error(gr, 503, "store_unavailable",
-                "the shared store cannot be reached right now");
-    finish(gr);
-}
-
 static void look_again(evutil_socket_t fd, short what, void *arg)
 {
     gw_req *gr = arg;
     if (gone(gr))
         return;
-    fb_ledger_result_lookup(gr->g->ledger, gr->rscope, gr->fp, gr->seq, NULL,
-                            fb_wall_ms(), on_lookup, gr);
+    fb_ledger_result_claim(gr->g->ledger, gr->g->node, gr->rscope, gr->fp,
+                           gr->seq, fb_wall_ms(), on_lookup, gr);
 }
 
 /* Is result seq already kept, or being bought right now? */
@@ -1347,8 +1330,12 @@ static void lookup(gw_req *gr)
         on_lookup(gr, FB_ENOTFOUND, NULL); /* never bought: no read */
         return;
     }
-    fb_ledger_result_lookup(gr->g->ledger, gr->rscope, gr->fp, gr->seq, NULL,
-                            fb_wall_ms(), on_lookup, gr);
+    if (g->shared) /* the result, or its marker claimed: one round trip */
+        fb_ledger_result_claim(g->ledger, g->node, gr->rscope, gr->fp,
+                               gr->seq, fb_wall_ms(), on_lookup, gr);
+    else
+        fb_ledger_result_lookup(g->ledger, gr->rscope, gr->fp, gr->seq, NULL,
+                                fb_wall_ms(), on_lookup, gr);
 }
 
 static void occurrence(gw_req *gr);
@@ -1816,12 +1803,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static char *metrics_text(void *ud, size_t *len)
 {
     gateway *g = ud;
+    uint64_t leases = 0, trips = fb_store_round_trips(&leases);
     fb_metrics_src src = {.budget = g->budget,
                           .replay = g->replay,
                           .now_ms = fb_wall_ms(),
                           .store_ok = fb_ledger_ok(g->ledger),
                           .ledger_backlog = fb_ledger_backlog(g->ledger),
-                          .store_round_trips = fb_store_round_trips(),
+                          .store_round_trips = trips,
+                          .lease_round_trips = leases,
                           .connections = fb_server_connections(g->srv),
                           .in_flight = g->inflight};
     return fb_metrics_render(g->metrics, &src, len);

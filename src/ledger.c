@@ -598,6 +598,18 @@ void fb_ledger_result_lookup(fb_ledger *l, const char *scope,
     enqueue(l, o);
 }
 
+void fb_ledger_result_claim(fb_ledger *l, int64_t node, const char *scope,
+                            const uint8_t fp[32], int64_t seq, int64_t now_ms,
+                            fb_ledger_result_fn cb, void *arg)
+{
+    op *o = op_scoped(OP_RESULT, scope, NULL, fp, seq);
+    o->node = node;
+    o->now_ms = now_ms;
+    o->cb.result = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
 void fb_ledger_occurrences(fb_ledger *l, const fb_entry *who,
                            fb_ledger_count_fn cb, void *arg)
 {
@@ -771,6 +783,10 @@ static void run_op(fb_ledger *l, op *o)
         o->err = o->idem != NULL
                      ? fb_store_result_by_idem(l->store, o->scope, o->idem,
                                                o->now_ms, &o->res)
+                 : o->node > 0
+                     ? fb_store_result_claim(l->store, o->node, o->scope,
+                                             o->hash, o->count, o->now_ms,
+                                             &o->res)
                      : fb_store_result_get(l->store, o->scope, o->hash,
                                            o->count, o->now_ms, &o->res);
         break;

@@ -77,6 +77,14 @@ void fb_ledger_result_lookup(fb_ledger *l, const char *scope,
                              const char *idem, int64_t now_ms,
                              fb_ledger_result_fn cb, void *arg);
 
+/* A cluster's lookup: the kept result, or (none kept) its in-flight
+ * marker claimed for node in the same round trip: cb gets FB_OK and the
+ * result, FB_ENOTFOUND (claimed: buy it), FB_EEXIST (another node buys
+ * it now) or an error. */
+void fb_ledger_result_claim(fb_ledger *l, int64_t node, const char *scope,
+                            const uint8_t fp[32], int64_t seq, int64_t now_ms,
+                            fb_ledger_result_fn cb, void *arg);
+
 /* How many times this (tenant, job, key, attempt) sent fp before. */
 typedef void (*fb_ledger_count_fn)(void *arg, fb_err err, int64_t n);
 void fb_ledger_occurrences(fb_ledger *l, const fb_entry *who,

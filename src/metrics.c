@@ -389,6 +389,10 @@ char *fb_metrics_render(fb_metrics *m, const fb_metrics_src *src,
          "Round trips to a shared (PostgreSQL) store, from every thread.");
     fprintf(f, "fusebox_store_round_trips_total %llu\n",
             (unsigned long long)src->store_round_trips);
+    head(f, "fusebox_lease_round_trips_total", "counter",
+         "Of those, budget slices taken or given back.");
+    fprintf(f, "fusebox_lease_round_trips_total %llu\n",
+            (unsigned long long)src->lease_round_trips);
     head(f, "fusebox_connections", "gauge", "Open client connections.");
     fprintf(f, "fusebox_connections %zu\n", src->connections);
     head(f, "fusebox_calls_in_flight", "gauge", "Calls being answered.");

@@ -46,6 +46,7 @@ typedef struct fb_metrics_src {
     int store_ok;
     size_t ledger_backlog;
     uint64_t store_round_trips; /* to a shared store; 0 on SQLite */
+    uint64_t lease_round_trips; /* of them, budget slices taken or given */
     size_t connections;
     size_t in_flight;
 } fb_metrics_src;

@@ -120,9 +120,9 @@ fb_err fb_store_epoch_bump(const char *data_dir);
 fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
                      size_t errcap);
 void fb_store_close(fb_store *s);
-/* Round trips to PostgreSQL this process made, over every handle (for
- * /metrics: what leasing costs per call). */
-uint64_t fb_store_round_trips(void);
+/* Round trips to PostgreSQL this process made, over every handle, and
+ * (*leases) those that took or gave budget slices (for /metrics). */
+uint64_t fb_store_round_trips(uint64_t *leases);
 /* Is the config's store the embedded SQLite one (not PostgreSQL)? */
 int fb_store_embedded(const fb_config *c);
 /* fusebox migrate: bring the store's schema to this build's version.
@@ -192,6 +192,13 @@ fb_err fb_store_lease_give(fb_store *s, int64_t node, const char *scope,
  * result: wait for it). */
 fb_err fb_store_flight_claim(fb_store *s, int64_t node, const char *scope,
                              const uint8_t *fp, int64_t seq);
+/* The kept result (scope, fp, seq) unexpired at now_ms (FB_OK), or when
+ * there is none its in-flight marker claimed for node in the same round
+ * trip: FB_ENOTFOUND (claimed: buy it), FB_EEXIST (another live node is
+ * buying it). */
+fb_err fb_store_result_claim(fb_store *s, int64_t node, const char *scope,
+                             const uint8_t *fp, int64_t seq, int64_t now_ms,
+                             fb_result *out);
 fb_err fb_store_flight_release(fb_store *s, const char *scope,
                                const uint8_t *fp, int64_t seq);
 fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out);

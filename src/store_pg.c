@@ -43,11 +43,13 @@
 
 static const fb_store_ops pg_ops;
 
-/* Every PQexec*, PQprepare is one round trip (no pipelining). */
-static uint64_t round_trips;
+/* Every PQexec*, PQprepare is one round trip (no pipelining); those of
+ * budget slices (takes and gives) are counted apart as well. */
+static uint64_t round_trips, lease_trips;
 
-uint64_t fb_store_round_trips(void)
+uint64_t fb_store_round_trips(uint64_t *leases)
 {
+    *leases = __atomic_load_n(&lease_trips, __ATOMIC_RELAXED);
     return __atomic_load_n(&round_trips, __ATOMIC_RELAXED);
 }
 
@@ -975,6 +977,7 @@ static fb_err pg_lease_take(fb_store *s, int64_t node, const char *scope,
         a_i64(&a, limit);
         a_i64(&a, want);
         a_i64(&a, need);
+        __atomic_add_fetch(&lease_trips, 1, __ATOMIC_RELAXED);
         PGresult *r = run(s, "SELECT * FROM fusebox_take($1,$2,$3,$4,$5,$6)",
                           &a, 0, &err);
         if (r == NULL)
@@ -1003,6 +1006,7 @@ static fb_err pg_lease_give(fb_store *s, int64_t node, const char *scope,
     a_str(&a, scope);
     a_i64(&a, window);
     a_i64(&a, amount);
+    __atomic_add_fetch(&lease_trips, 1, __ATOMIC_RELAXED);
     return exec(s, "SELECT fusebox_give($1,$2,$3,$4)", &a, NULL);
 }
 
@@ -1347,6 +1351,43 @@ static fb_err pg_result_get(fb_store *s, const char *scope, const uint8_t *fp,
     return err;
 }
 
+static fb_err pg_result_claim(fb_store *s, int64_t node, const char *scope,
+                              const uint8_t *fp, int64_t seq, int64_t now_ms,
+                              fb_result *out)
+{
+    args a = {0};
+    fb_err err;
+    a_str(&a, scope);
+    a_bin(&a, fp, 32);
+    a_i64(&a, seq);
+    a_i64(&a, now_ms);
+    a_i64(&a, node);
+    /* One row: the result's columns (NULL when none), then whether the
+     * marker is now this node's (inserted, or taken over from a node
+     * that is gone). */
+    PGresult *r = run(
+        s,
+        "WITH r AS (SELECT " RESULT_COLS " FROM results WHERE scope=$1 AND"
+        " fp=$2 AND seq=$3 AND expires_ms>$4),"
+        " c AS (INSERT INTO flights SELECT $1,$2,$3,$5 WHERE NOT EXISTS"
+        " (SELECT 1 FROM r) ON CONFLICT(scope,fp,seq) DO UPDATE SET"
+        " node=excluded.node WHERE flights.node=excluded.node OR NOT EXISTS"
+        " (SELECT 1 FROM nodes WHERE id=flights.node) RETURNING node)"
+        " SELECT r.*, (SELECT COUNT(*) FROM c) FROM (SELECT 1) one LEFT JOIN"
+        " r ON true",
+        &a, 0, &err);
+    if (r != NULL) {
+        if (PQntuples(r) != 1)
+            err = FB_EIO;
+        else if (!PQgetisnull(r, 0, 0))
+            err = read_result(r, 0, out);
+        else
+            err = col_i64(r, 0, 10) > 0 ? FB_ENOTFOUND : FB_EEXIST;
+    }
+    PQclear(r);
+    return err;
+}
+
 static fb_err pg_result_by_idem(fb_store *s, const char *scope,
                                 const char *idem, int64_t now_ms,
                                 fb_result *out)
@@ -1418,9 +1459,12 @@ static fb_err pg_result_put(fb_store *s, const char *scope, const fb_result *r,
     a_i64(&a, expires_ms);
     /* An expired row not yet purged gives way; a live one stays (and
      * then nothing changes: FB_EEXIST). */
+    /* The result is kept: nobody needs to wait for it any more (its
+     * in-flight marker goes in the same statement). */
     fb_err err = exec(
         s,
-        "INSERT INTO results(scope,fp,seq,attempt,status,stream,headers,"
+        "WITH f AS (DELETE FROM flights WHERE scope=$1 AND fp=$2 AND seq=$3)"
+        " INSERT INTO results(scope,fp,seq,attempt,status,stream,headers,"
         "body,cost,created_ms,expires_ms) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,"
         "$10,$11) ON CONFLICT(scope,fp,seq) DO UPDATE SET "
         "attempt=excluded.attempt,status=excluded.status,"
@@ -1431,12 +1475,6 @@ static fb_err pg_result_put(fb_store *s, const char *scope, const fb_result *r,
         &a, &n);
     if (err == FB_OK && n == 0)
         err = FB_EEXIST; /* a live result holds this seq */
-    /* The result is kept: nobody needs to wait for it any more. */
-    if (err == FB_OK || err == FB_EEXIST) {
-        fb_err f = pg_flight_release(s, scope, r->fp, r->seq);
-        if (f != FB_OK)
-            err = f;
-    }
     if ((err == FB_OK || err == FB_EEXIST) && idem != NULL) {
         fb_err b = pg_idem_bind(s, scope, idem, r->fp, r->seq, now_ms,
                                 expires_ms);

@@ -1921,6 +1921,14 @@ static fb_err sq_flight_claim(fb_store *s, int64_t node, const char *scope,
     return FB_OK;
 }
 
+/* One node: its own single flight (replay.c) is the only one. */
+static fb_err sq_result_claim(fb_store *s, int64_t node, const char *scope,
+                              const uint8_t *fp, int64_t seq, int64_t now_ms,
+                              fb_result *out)
+{
+    return sq_result_get(s, scope, fp, seq, now_ms, out);
+}
+
 static fb_err sq_flight_release(fb_store *s, const char *scope,
                                 const uint8_t *fp, int64_t seq)
 {

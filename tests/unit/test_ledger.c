@@ -792,6 +792,24 @@ static void test_flights(void **state)
                      FB_OK);
     assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 1), FB_OK);
     assert_int_equal(fb_store_flight_release(b, "job:f/j", fp, 1), FB_OK);
+    /* A lookup claims in the same round trip when nothing is kept. */
+    fb_result got;
+    uint8_t fp5[32] = {5};
+    assert_int_equal(fb_store_result_claim(a, na, "job:f/j", fp5, 1, 2000,
+                                           &got),
+                     FB_ENOTFOUND);
+    assert_int_equal(fb_store_result_claim(b, nb, "job:f/j", fp5, 1, 2000,
+                                           &got),
+                     FB_EEXIST);
+    memcpy(r.fp, fp5, 32);
+    assert_int_equal(fb_store_result_put(a, "job:f/j", &r, NULL, 1000,
+                                         INT64_MAX / 2),
+                     FB_OK);
+    assert_int_equal(fb_store_result_claim(b, nb, "job:f/j", fp5, 1, 2000,
+                                           &got),
+                     FB_OK);
+    assert_memory_equal(got.body, "{}", 2);
+    fb_result_clear(&got);
     assert_int_equal(fb_store_flight_claim(a, na, "job:f/j", fp, 3), FB_OK);
     assert_int_equal(fb_store_node_leave(b, na), FB_OK);
     assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 3), FB_OK);
