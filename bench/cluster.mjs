@@ -40,7 +40,8 @@ if (!process.env.FUSEBOX_TEST_PG) {
 }
 const { startEnv, request, run, pgDatabase, pgSql } = await import(join(REPO, 'tests/e2e/harness.mjs'));
 
-const budgets = { tenants: { acme: { jobs: { bench: '1000000' } } } };
+// $1: a slice (a 32nd) lasts a few thousand calls, so takes show in the figures
+const budgets = { tenants: { acme: { jobs: { bench: '1' } } } };
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function roundTrips(env) {

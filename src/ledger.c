@@ -113,6 +113,7 @@ struct fb_ledger {
     size_t backlog;   /* queued + running, guarded by mu */
     int stopping;     /* guarded by mu */
     int poll_ms;
+    int64_t polled_ns; /* the thread's: when it last read the feed */
     int64_t change_seq;
     fb_ledger_change_fn on_change;
     void *change_arg;
@@ -1035,8 +1036,15 @@ static void *thread_main(void *arg)
         l->urgent = 0;
         int stop = l->stopping && batch == NULL;
         l->head = l->tail = NULL;
-        /* Fetch again only once the loop took the last ones. */
-        int want_changes = l->on_change != NULL && l->changes == NULL;
+        /* Fetch again only once the loop took the last ones, and at most
+         * every poll_ms: under load a batch every few hundred
+         * microseconds would otherwise read the feed each time (on a
+         * shared store, a round trip per batch). */
+        int64_t now_ns = fb_mono_ns();
+        int want_changes = l->on_change != NULL && l->changes == NULL &&
+                           now_ns - l->polled_ns >= l->poll_ms * INT64_C(1000000);
+        if (want_changes)
+            l->polled_ns = now_ns;
         pthread_mutex_unlock(&l->mu);
         if (stop)
             break;
