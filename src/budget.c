@@ -41,6 +41,7 @@ struct fb_scope {
     int taking;       /* a take is on its way (the caller's flag) */
     fb_money taken;   /* the pool's handed-out total at the last take */
     int64_t used_ms;  /* last reserve, wall ms: idle slices go back */
+    uint32_t gen;     /* bumped when a reaped node forgets its slices */
 };
 
 struct fb_budget {
@@ -227,6 +228,7 @@ fb_err fb_budget_reserve(fb_scope *const *scopes, size_t n, fb_money amount,
         scopes[i]->used_ms = now_ms;
         r->scope[i] = scopes[i];
         r->window[i] = scopes[i]->window;
+        r->gen[i] = scopes[i]->gen;
     }
     r->n = n;
     r->amount = amount;
@@ -237,7 +239,7 @@ void fb_budget_settle(fb_reservation *r, fb_money cost)
 {
     for (size_t i = 0; i < r->n; i++) {
         fb_scope *s = r->scope[i];
-        if (s->window != r->window[i])
+        if (s->window != r->window[i] || s->gen != r->gen[i])
             continue;
         s->reserved -= r->amount;
         if (fb_money_add(s->spent, cost, &s->spent) != FB_OK)
@@ -281,6 +283,18 @@ fb_money fb_scope_slack(fb_scope *s, int64_t now_ms, int64_t *idle_ms)
 void fb_scope_shrink(fb_scope *s, fb_money amount)
 {
     s->slice -= amount;
+}
+
+void fb_budget_forget_leases(fb_budget *b)
+{
+    size_t it = 0;
+    fb_scope *s;
+    while (fb_budget_next(b, &it, &s)) {
+        if (!s->leased)
+            continue;
+        s->gen++;
+        s->slice = s->spent = s->reserved = 0;
+    }
 }
 
 int *fb_scope_taking(fb_scope *s)

@@ -19,6 +19,7 @@ typedef struct fb_scope fb_scope;
 typedef struct fb_reservation {
     fb_scope *scope[FB_SCOPES_MAX];
     int64_t window[FB_SCOPES_MAX]; /* the period each share was taken in */
+    uint32_t gen[FB_SCOPES_MAX];   /* and the scope's generation then */
     size_t n;
     fb_money amount;
 } fb_reservation;
@@ -85,6 +86,10 @@ void fb_scope_grant(fb_scope *s, int64_t window, fb_money amount);
 fb_money fb_scope_slack(fb_scope *s, int64_t now_ms, int64_t *idle_ms);
 /* Give amount of the slice back (the caller tells the store). */
 void fb_scope_shrink(fb_scope *s, fb_money amount);
+/* This node was reaped and joined again as a new node: every leased
+ * scope starts over (no slice, no counters); shares reserved before are
+ * dropped when they settle (the reaper charged them). */
+void fb_budget_forget_leases(fb_budget *b);
 /* The caller's flag: a take for this scope is on its way. */
 int *fb_scope_taking(fb_scope *s);
 /* What the pool had handed out at the last take; and from it, what the

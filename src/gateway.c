@@ -90,6 +90,8 @@ typedef struct gateway {
     int shared;
     int fenced;              /* reaped by the others: no more paid calls */
     int beating;             /* a heartbeat is on its way */
+    int joining;             /* a new number is on its way (rejoin) */
+    int64_t beat_node;       /* the number the heartbeat on its way is for */
     int64_t beat_sent_ns, beat_ok_ns; /* monotonic */
     struct event *beat_timer;
     struct gw_req *lease_wait; /* calls waiting for a slice */
@@ -160,6 +162,7 @@ typedef struct gw_req {
     /* single flight across nodes (a shared store's in-flight markers) */
     int claimed;                 /* holds the marker of (rscope, fp, seq) */
     int iclaimed;                /* holds the marker of its Idempotency-Key */
+    int64_t claim_node;          /* as this node (its number may change) */
     struct event *poll_ev;       /* looks again while another node buys */
     int poll_ms;
 } gw_req;
@@ -201,9 +204,11 @@ static void finish(gw_req *gr)
     /* A kept result took its marker with it (result_put); otherwise it
      * goes now, queued after the call's settlement. */
     if (gr->claimed && !gr->kept && g->ledger != NULL)
-        fb_ledger_flight_release(g->ledger, gr->rscope, gr->fp, gr->seq);
+        fb_ledger_flight_release(g->ledger, gr->claim_node, gr->rscope, gr->fp,
+                                 gr->seq);
     if (gr->iclaimed && g->ledger != NULL)
-        fb_ledger_flight_release(g->ledger, gr->rscope, gr->iflight, -1);
+        fb_ledger_flight_release(g->ledger, gr->claim_node, gr->rscope,
+                                 gr->iflight, -1);
     if (gr->poll_ev)
         event_free(gr->poll_ev);
     free(gr->idem);
@@ -1094,26 +1099,30 @@ typedef struct take_ctx {
     gateway *g;
     fb_scope *scope;
     int64_t window;
+    int64_t node; /* who asked: a slice for a node since reaped is void */
 } take_ctx;
 
 /* A slice came (or did not): every call waiting for one of this scope
  * tries again; when nothing was left, a call still short is refused. */
+static void rejoin(gateway *g);
+
 static void on_take(void *arg, fb_err err, fb_money got, fb_money taken)
 {
     take_ctx *t = arg;
     gateway *g = t->g;
     gw_req *mine = NULL, **pp = &g->lease_wait;
     *fb_scope_taking(t->scope) = 0;
-    if (err == FB_OK || err == FB_ELIMIT)
+    if (t->node != g->node) {
+        /* Asked as this node's old number, reaped since: whatever came is
+         * the reaper's. The waiters ask again, as the new number. */
+        err = FB_OK;
+    } else if (err == FB_OK || err == FB_ELIMIT) {
         fb_scope_pool(t->scope, taken);
-    if (err == FB_OK) {
-        fb_scope_grant(t->scope, t->window, got);
+        if (err == FB_OK)
+            fb_scope_grant(t->scope, t->window, got);
     } else if (err == FB_ENOTFOUND) {
-        g->fenced = 1;
-        fb_log(FB_LOG_ERROR, "cluster: this node was reaped by the others "
-               "(its heartbeat stopped for longer than cluster.lease_ms); "
-               "it refuses paid calls until restarted");
-    } else if (err != FB_ELIMIT) {
+        rejoin(g);
+    } else {
         fb_log(FB_LOG_WARN, "cluster: no budget slice for %s: %s",
                fb_scope_name(t->scope), fb_strerror(err));
     }
@@ -1134,7 +1143,7 @@ static void on_take(void *arg, fb_err err, fb_money got, fb_money taken)
         w->lease_scope = NULL;
         if (gone(w))
             continue;
-        if (err != FB_OK && err != FB_ELIMIT && err != FB_ENOTFOUND) {
+        if (err != FB_OK && err != FB_ELIMIT) {
             reply_error(w, 503, "store_unavailable",
                         "the shared store cannot grant budget right now");
             finish(w);
@@ -1166,35 +1175,71 @@ static void lease_more(gw_req *gr, fb_scope *s, fb_money need)
     t->g = g;
     t->scope = s;
     t->window = fb_scope_window(s, gr->ts_ms);
+    t->node = g->node;
     fb_ledger_lease_take(g->ledger, g->node, fb_scope_name(s), t->window,
                          spec->limit, want, need, on_take, t);
 }
 
 typedef struct give_ctx {
+    gateway *g;
     fb_scope *scope;
     int64_t window;
+    int64_t node;
 } give_ctx;
 
 static void on_give(void *arg, fb_err err, fb_money got, fb_money given)
 {
     give_ctx *gc = arg;
-    if (err != FB_OK) /* still ours: the store did not take it back */
+    /* Still ours when the store did not take it back (unless this node
+     * was reaped since: then the reaper did). */
+    if (err != FB_OK && gc->node == gc->g->node)
         fb_scope_grant(gc->scope, gc->window, given);
     free(gc);
+}
+
+static void on_join(void *arg, fb_err err, int64_t node, int64_t id_base)
+{
+    gateway *g = arg;
+    g->joining = 0;
+    if (err != FB_OK) {
+        fb_log(FB_LOG_WARN, "cluster: cannot join again yet: %s",
+               fb_strerror(err));
+        return; /* the next beat tries again */
+    }
+    fb_log(FB_LOG_WARN, "cluster: node %lld joined again as node %lld",
+           (long long)g->node, (long long)node);
+    g->node = node;
+    g->next_id = id_base;
+    fb_budget_forget_leases(g->budget);
+    g->beat_ok_ns = fb_mono_ns();
+    g->fenced = 0;
+}
+
+/* Reaped by the others (a heartbeat that stopped for longer than the
+ * lease: a pause, a cut to the store): the old number's slices and calls
+ * in flight are gone (the reaper gave the one back and charged the
+ * other), so refuse paid calls until this node is a new one. */
+static void rejoin(gateway *g)
+{
+    if (!g->fenced)
+        fb_log(FB_LOG_ERROR, "cluster: node %lld was reaped by the others "
+               "(its heartbeat stopped for longer than cluster.lease_ms); "
+               "joining again", (long long)g->node);
+    g->fenced = 1;
+    if (g->joining || g->stopped)
+        return;
+    g->joining = 1;
+    fb_ledger_join(g->ledger, on_join, g);
 }
 
 static void on_beat(void *arg, fb_err err)
 {
     gateway *g = arg;
     g->beating = 0;
-    if (err == FB_OK) {
+    if (err == FB_OK && g->beat_node == g->node)
         g->beat_ok_ns = g->beat_sent_ns;
-    } else if (err == FB_ENOTFOUND && !g->fenced) {
-        g->fenced = 1;
-        fb_log(FB_LOG_ERROR, "cluster: this node was reaped by the others "
-               "(its heartbeat stopped for longer than cluster.lease_ms); "
-               "it refuses paid calls until restarted");
-    }
+    else if (err == FB_ENOTFOUND && g->beat_node == g->node)
+        rejoin(g);
 }
 
 /* Every quarter lease: the heartbeat (and the reaping of dead nodes), and
@@ -1205,9 +1250,12 @@ static void beat_tick(evutil_socket_t fd, short what, void *arg)
     int64_t now = fb_wall_ms(), idle;
     size_t it = 0;
     fb_scope *s;
-    if (!g->beating) {
+    if (g->fenced && !g->joining)
+        rejoin(g); /* an earlier try failed */
+    if (!g->beating && !g->fenced) {
         g->beating = 1;
         g->beat_sent_ns = fb_mono_ns();
+        g->beat_node = g->node;
         fb_ledger_beat(g->ledger, g->node, on_beat, g);
     }
     while (fb_budget_next(g->budget, &it, &s)) {
@@ -1219,6 +1267,8 @@ static void beat_tick(evutil_socket_t fd, short what, void *arg)
         give_ctx *gc = malloc(sizeof *gc);
         if (gc == NULL)
             continue;
+        gc->g = g;
+        gc->node = g->node;
         gc->scope = s;
         gc->window = fb_scope_window(s, now);
         fb_scope_shrink(s, slack);
@@ -1294,6 +1344,7 @@ static void look_again(evutil_socket_t fd, short what, void *arg)
     gw_req *gr = arg;
     if (gone(gr))
         return;
+    gr->claim_node = gr->g->node;
     fb_ledger_result_claim(gr->g->ledger, gr->g->node, gr->rscope, gr->fp,
                            gr->seq, fb_wall_ms(), on_lookup, gr);
 }
@@ -1330,6 +1381,7 @@ static void lookup(gw_req *gr)
         on_lookup(gr, FB_ENOTFOUND, NULL); /* never bought: no read */
         return;
     }
+    gr->claim_node = g->node;
     if (g->shared) /* the result, or its marker claimed: one round trip */
         fb_ledger_result_claim(g->ledger, g->node, gr->rscope, gr->fp,
                                gr->seq, fb_wall_ms(), on_lookup, gr);
@@ -1422,6 +1474,7 @@ static void on_idem(void *arg, fb_err err, fb_result *res)
     if (gr->g->shared && !gr->iclaimed) {
         /* In flight on another node? Its marker: (scope, the key's
          * flight key, -1). */
+        gr->claim_node = gr->g->node;
         fb_ledger_flight_claim(gr->g->ledger, gr->g->node, gr->rscope,
                                gr->iflight, -1, on_iclaim, gr);
         return;

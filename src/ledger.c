@@ -58,6 +58,7 @@ enum op_kind {
     OP_BEAT,
     OP_FLIGHT_CLAIM,
     OP_FLIGHT_RELEASE,
+    OP_JOIN,
     OP_LEAVE /* after the batch it came with: the node's last write */
 };
 
@@ -73,6 +74,7 @@ typedef struct op {
         fb_ledger_result_fn result;
         fb_ledger_count_fn count;
         fb_ledger_lease_fn lease;
+        fb_ledger_join_fn join;
     } cb;
     int64_t node;            /* the cluster's ops */
     fb_money want, need, limit, got;
@@ -688,6 +690,14 @@ void fb_ledger_beat(fb_ledger *l, int64_t node, fb_ledger_done_fn cb,
     enqueue(l, o);
 }
 
+void fb_ledger_join(fb_ledger *l, fb_ledger_join_fn cb, void *arg)
+{
+    op *o = op_cluster(OP_JOIN, 0, NULL);
+    o->cb.join = cb;
+    o->arg = arg;
+    enqueue(l, o);
+}
+
 void fb_ledger_leave(fb_ledger *l, int64_t node)
 {
     enqueue(l, op_cluster(OP_LEAVE, node, NULL));
@@ -705,10 +715,10 @@ void fb_ledger_flight_claim(fb_ledger *l, int64_t node, const char *scope,
     enqueue(l, o);
 }
 
-void fb_ledger_flight_release(fb_ledger *l, const char *scope,
+void fb_ledger_flight_release(fb_ledger *l, int64_t node, const char *scope,
                               const uint8_t fp[32], int64_t seq)
 {
-    op *o = op_cluster(OP_FLIGHT_RELEASE, 0, scope);
+    op *o = op_cluster(OP_FLIGHT_RELEASE, node, scope);
     memcpy(o->hash, fp, 32);
     o->count = seq;
     enqueue(l, o);
@@ -835,8 +845,11 @@ static void run_op(fb_ledger *l, op *o)
                                        o->count);
         break;
     case OP_FLIGHT_RELEASE:
-        o->err = fb_store_flight_release(l->store, o->scope, o->hash,
+        o->err = fb_store_flight_release(l->store, o->node, o->scope, o->hash,
                                          o->count);
+        break;
+    case OP_JOIN:
+        o->err = fb_store_node_join(l->store, &o->node, &o->count);
         break;
     case OP_LEAVE:
         o->err = fb_store_node_leave(l->store, o->node);
@@ -1178,6 +1191,9 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
         case OP_FLIGHT_CLAIM:
             if (o->cb.done)
                 o->cb.done(o->arg, o->err);
+            break;
+        case OP_JOIN:
+            o->cb.join(o->arg, o->err, o->node, o->count);
             break;
         case OP_SETTLE:
         case OP_TRIP:

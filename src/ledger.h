@@ -117,6 +117,11 @@ void fb_ledger_lease_give(fb_ledger *l, int64_t node, const char *scope,
  * this node was reaped itself. */
 void fb_ledger_beat(fb_ledger *l, int64_t node, fb_ledger_done_fn cb,
                     void *arg);
+/* Join the cluster again as a new node (after being reaped): cb gets its
+ * number and the base of its ledger ids. */
+typedef void (*fb_ledger_join_fn)(void *arg, fb_err err, int64_t node,
+                                  int64_t id_base);
+void fb_ledger_join(fb_ledger *l, fb_ledger_join_fn cb, void *arg);
 /* The last op of a clean stop: the node leaves (its slices back). */
 void fb_ledger_leave(fb_ledger *l, int64_t node);
 /* The in-flight marker of a result: cb gets FB_OK (claimed) or FB_EEXIST
@@ -124,7 +129,7 @@ void fb_ledger_leave(fb_ledger *l, int64_t node);
 void fb_ledger_flight_claim(fb_ledger *l, int64_t node, const char *scope,
                             const uint8_t fp[32], int64_t seq,
                             fb_ledger_done_fn cb, void *arg);
-void fb_ledger_flight_release(fb_ledger *l, const char *scope,
+void fb_ledger_flight_release(fb_ledger *l, int64_t node, const char *scope,
                               const uint8_t fp[32], int64_t seq);
 
 /* 1 while the store takes writes: the last batch (or, after a failure,

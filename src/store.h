@@ -199,7 +199,8 @@ fb_err fb_store_flight_claim(fb_store *s, int64_t node, const char *scope,
 fb_err fb_store_result_claim(fb_store *s, int64_t node, const char *scope,
                              const uint8_t *fp, int64_t seq, int64_t now_ms,
                              fb_result *out);
-fb_err fb_store_flight_release(fb_store *s, const char *scope,
+/* Drop node's marker (one another node holds stays). */
+fb_err fb_store_flight_release(fb_store *s, int64_t node, const char *scope,
                                const uint8_t *fp, int64_t seq);
 fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out);
 /* Distinct (tenant, job) pairs in the ledger, for reports. */

@@ -76,8 +76,9 @@ typedef void (*fb__verify_fn)(void *arg, const char *check,
        int64_t seq, int64_t now, fb_result *o),                                \
       (s, node, scope, fp, seq, now, o))                                       \
     X(fb_err, flight_release,                                                  \
-      (fb_store * s, const char *scope, const uint8_t *fp, int64_t seq),       \
-      (s, scope, fp, seq))                                                     \
+      (fb_store * s, int64_t node, const char *scope, const uint8_t *fp,       \
+       int64_t seq),                                                           \
+      (s, node, scope, fp, seq))                                                     \
     X(fb_err, spend, (fb_store * s, const fb_spend_filter *f, fb_spend *o),    \
       (s, f, o))                                                               \
     X(fb_err, scopes, (fb_store * s, fb__scopes_fn fn, void *arg),             \

@@ -1032,14 +1032,17 @@ static fb_err pg_flight_claim(fb_store *s, int64_t node, const char *scope,
     return err;
 }
 
-static fb_err pg_flight_release(fb_store *s, const char *scope,
+static fb_err pg_flight_release(fb_store *s, int64_t node, const char *scope,
                                 const uint8_t *fp, int64_t seq)
 {
     args a = {0};
     a_str(&a, scope);
     a_bin(&a, fp, 32);
     a_i64(&a, seq);
-    return exec(s, "DELETE FROM flights WHERE scope=$1 AND fp=$2 AND seq=$3",
+    a_i64(&a, node);
+    return exec(s,
+                "DELETE FROM flights WHERE scope=$1 AND fp=$2 AND seq=$3 AND"
+                " node=$4",
                 &a, NULL);
 }
 

@@ -1929,7 +1929,7 @@ static fb_err sq_result_claim(fb_store *s, int64_t node, const char *scope,
     return sq_result_get(s, scope, fp, seq, now_ms, out);
 }
 
-static fb_err sq_flight_release(fb_store *s, const char *scope,
+static fb_err sq_flight_release(fb_store *s, int64_t node, const char *scope,
                                 const uint8_t *fp, int64_t seq)
 {
     return FB_OK;

@@ -31,7 +31,7 @@ async function cluster(t) {
   const c = await startEnv({ t, store, budgets, providers });
   t.after(() => pgSql(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).catch(() => {}));
   const key = await a.createKey({ tenant: 'acme', job: 'main' });
-  return { nodes: [a, b, c], key, a, b, c };
+  return { nodes: [a, b, c], key, a, b, c, db };
 }
 
 /** 200 clients, each sending distinct calls to the live nodes in turn
@@ -232,5 +232,35 @@ describe('a cluster of three nodes on PostgreSQL', { skip: !PG_URL && 'FUSEBOX_T
       body: chatBody({ content: 'Another request, same key.', maxTokens: 8 }),
     });
     assert.equal(other.status, 422, other.text);
+  });
+
+  it('a node paused past its lease is reaped, then joins again under a new number', async (t) => {
+    const cl = await cluster(t);
+    const post = (node, i) => request('POST', `${node.gwUrl}/openai/v1/chat/completions`, {
+      headers: { authorization: `Bearer ${cl.key}`, 'content-type': 'application/json' },
+      body: chatBody({ content: `pause ${i}`, maxTokens: 8 }),
+    });
+    assert.equal((await post(cl.b, 0)).status, 200);
+    const nodes0 = (await pgSql('SELECT id FROM nodes ORDER BY id', cl.db)).split('\n');
+    assert.equal(nodes0.length, 3);
+    cl.b.gw.child.kill('SIGSTOP'); // a long pause: no heartbeat
+    try {
+      // the others reap it after the lease (1.5 s in tests)
+      await waitFor(async () => (await pgSql('SELECT COUNT(*) FROM nodes', cl.db)) === '2',
+        { timeoutMs: 15000, intervalMs: 100, message: 'the paused node reaped' });
+      assert.equal((await post(cl.a, 1)).status, 200, 'the others keep serving');
+    } finally {
+      cl.b.gw.child.kill('SIGCONT');
+    }
+    let i = 2;
+    await waitFor(async () => (await post(cl.b, i++)).status === 200,
+      { timeoutMs: 15000, intervalMs: 100, message: 'the paused node serving again' });
+    const m = /node (\d+) joined again as node (\d+)/.exec(cl.b.gw.stderr);
+    assert.ok(m, `no rejoin in the log:\n${cl.b.gw.stderr}`);
+    const nodes1 = (await pgSql('SELECT id FROM nodes ORDER BY id', cl.db)).split('\n');
+    assert.equal(nodes1.length, 3);
+    assert.ok(nodes0.includes(m[1]) && !nodes1.includes(m[1]), 'the old number is gone');
+    assert.ok(nodes1.includes(m[2]) && !nodes0.includes(m[2]), 'the new number is registered');
+    await verify(cl.a);
   });
 });

@@ -791,7 +791,7 @@ static void test_flights(void **state)
                                          INT64_MAX / 2),
                      FB_OK);
     assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 1), FB_OK);
-    assert_int_equal(fb_store_flight_release(b, "job:f/j", fp, 1), FB_OK);
+    assert_int_equal(fb_store_flight_release(b, nb, "job:f/j", fp, 1), FB_OK);
     /* A lookup claims in the same round trip when nothing is kept. */
     fb_result got;
     uint8_t fp5[32] = {5};
