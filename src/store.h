@@ -382,7 +382,9 @@ typedef struct fb_outbox_row {
     int attempts;
 } fb_outbox_row;
 
-/* Pending deliveries due at now_ms, oldest first, at most limit. */
+/* Pending deliveries due at now_ms, oldest first, at most limit. On a
+ * shared store they are claimed for a minute (no other node sends them
+ * meanwhile); fb_store_outbox_update then sets their state. */
 fb_err fb_store_outbox_due(fb_store *s, int64_t now_ms, int limit,
                            int (*fn)(void *arg, const fb_outbox_row *r),
                            void *arg);

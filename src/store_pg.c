@@ -1801,12 +1801,19 @@ static fb_err pg_outbox_due(fb_store *s, int64_t now_ms, int limit,
     fb_err err;
     a_i64(&a, now_ms);
     a_i64(&a, limit);
+    /* Every node's alert thread delivers: a row handed out is pushed a
+     * minute on (claimed) so that no other node sends it meanwhile; the
+     * delivery's outcome then sets it. A node that dies while sending
+     * leaves it to be sent again a minute later (at least once). */
     PGresult *r = run(s,
-                      "SELECT o.id, o.dedup, o.dest, o.attempts, a.kind,"
-                      " a.scope, a.message, a.body FROM alert_outbox o"
-                      " JOIN alerts a ON a.dedup=o.dedup WHERE"
-                      " o.state=0 AND o.next_ms<=$1 ORDER BY o.next_ms,"
-                      " o.id LIMIT $2",
+                      "WITH c AS (SELECT id FROM alert_outbox WHERE state=0"
+                      " AND next_ms<=$1 ORDER BY next_ms, id LIMIT $2 FOR"
+                      " UPDATE SKIP LOCKED), u AS (UPDATE alert_outbox o SET"
+                      " next_ms=$1+60000 FROM c WHERE o.id=c.id RETURNING"
+                      " o.id, o.dedup, o.dest, o.attempts) SELECT u.id,"
+                      " u.dedup, u.dest, u.attempts, a.kind, a.scope,"
+                      " a.message, a.body FROM u JOIN alerts a ON"
+                      " a.dedup=u.dedup ORDER BY u.id",
                       &a, 0, &err);
     for (int i = 0; r != NULL && i < PQntuples(r); i++) {
         fb_outbox_row o = {.id = col_i64(r, i, 0),

@@ -768,6 +768,13 @@ static void test_leases(void **state)
     fb_store_close(b);
 }
 
+static int count_row(void *arg, const fb_outbox_row *r)
+{
+    (void)r;
+    ++*(int *)arg;
+    return 0;
+}
+
 /* One node buys a result at a time: a second claim waits while the
  * holder lives; a kept result releases the marker, and so does reaping
  * the holder. */
@@ -812,6 +819,23 @@ static void test_flights(void **state)
     fb_result_clear(&got);
     assert_int_equal(fb_store_flight_claim(a, na, "job:f/j", fp, 3), FB_OK);
     assert_int_equal(fb_store_node_leave(b, na), FB_OK);
+    /* An alert is delivered by one node: what one takes, others skip for
+     * a minute. */
+    const char *dests[] = {"log"};
+    fb_alert_rec al = {.dedup = "budget:x:50", .ts_ms = 1000, .kind = "budget",
+                       .scope = "job:f/j", .message = "m", .body = "{}"};
+    assert_int_equal(fb_store_alert_add(a, &al, dests, 1), FB_OK);
+    assert_int_equal(fb_store_alert_add(b, &al, dests, 1), FB_EEXIST);
+    int seen_a = 0, seen_b = 0;
+    assert_int_equal(fb_store_outbox_due(a, 2000, 10, count_row, &seen_a),
+                     FB_OK);
+    assert_int_equal(fb_store_outbox_due(b, 2000, 10, count_row, &seen_b),
+                     FB_OK);
+    assert_int_equal(seen_a + seen_b, 1);
+    assert_int_equal(fb_store_outbox_due(b, 2000 + 61000, 10, count_row,
+                                         &seen_b),
+                     FB_OK);
+    assert_int_equal(seen_a + seen_b, 2); /* again once the claim lapsed */
     assert_int_equal(fb_store_flight_claim(b, nb, "job:f/j", fp, 3), FB_OK);
     assert_int_equal(fb_store_node_leave(b, nb), FB_OK);
     fb_store_close(a);
