@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "alerts.h"
+#include "budget.h"
 #include "keys.h"
 #include "log.h"
 #include "store.h"
@@ -160,6 +161,18 @@ static void run_job(fb_admin *a, job *j)
                set ? "tripped" : "reset", j->scope);
         j->status = 303; /* and the page again, which shows it */
         return;
+    }
+    /* In a cluster the node's counters are its own slices: the budgets
+     * are the store's, over every node. */
+    for (size_t i = 0; fb_store_shared(a->store) && i < j->nbudgets; i++) {
+        fb_dash_budget *b = &j->budgets[i];
+        fb_spend sp;
+        if (fb_store_scope_spend(a->store, b->scope,
+                                 fb_period_start(b->spec.period, j->now_ms),
+                                 &sp) == FB_OK) {
+            b->spent = sp.spent - sp.reserved;
+            b->reserved = sp.reserved;
+        }
     }
     fb_dash_in in = {.c = a->c,
                      .now_ms = j->now_ms,

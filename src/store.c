@@ -122,6 +122,30 @@ fb_err fb_store_trip_apply(fb_store *s, const char *scope, int set,
     return err;
 }
 
+fb_err fb_store_scope_spend(fb_store *s, const char *scope, int64_t since_ms,
+                            fb_spend *out)
+{
+    fb_spend_filter f = {.since_ms = since_ms};
+    char buf[2 * FB_NAME_MAX + 16];
+    if (fb_strlcpy(buf, scope, sizeof buf) >= sizeof buf)
+        return FB_EINVAL;
+    if (strncmp(buf, "tenant:", 7) == 0) {
+        f.tenant = buf + 7;
+    } else if (strncmp(buf, "job:", 4) == 0) {
+        char *slash = strchr(buf + 4, '/');
+        if (slash == NULL)
+            return FB_EINVAL;
+        *slash = '\0';
+        f.tenant = buf + 4;
+        f.job = slash + 1;
+    } else if (strncmp(buf, "key:", 4) == 0) {
+        f.key_id = buf + 4;
+    } else if (strcmp(buf, "global") != 0) {
+        return FB_EINVAL;
+    }
+    return fb_store_spend(s, &f, out);
+}
+
 void fb_result_clear(fb_result *r)
 {
     free(r->headers);

@@ -203,6 +203,11 @@ fb_err fb_store_result_claim(fb_store *s, int64_t node, const char *scope,
 fb_err fb_store_flight_release(fb_store *s, int64_t node, const char *scope,
                                const uint8_t *fp, int64_t seq);
 fb_err fb_store_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out);
+/* The spend of a budget scope as the daemon names it ("global",
+ * "tenant:T", "job:T/J", "key:ID") since since_ms. FB_EINVAL for another
+ * name. */
+fb_err fb_store_scope_spend(fb_store *s, const char *scope, int64_t since_ms,
+                            fb_spend *out);
 /* Distinct (tenant, job) pairs in the ledger, for reports. */
 fb_err fb_store_scopes(fb_store *s,
                        int (*fn)(void *arg, const char *tenant,

@@ -932,26 +932,9 @@ static fb_err pg_reap(fb_store *s, int64_t *n)
  * there (spend from before the cluster, or from before the ceiling). */
 static fb_err pool_create(fb_store *s, const char *scope, int64_t window)
 {
-    fb_spend_filter f = {.since_ms = window};
-    char buf[2 * FB_NAME_MAX + 16];
     fb_spend sp;
-    fb_err err;
-    fb_strlcpy(buf, scope, sizeof buf);
-    if (strncmp(buf, "tenant:", 7) == 0) {
-        f.tenant = buf + 7;
-    } else if (strncmp(buf, "job:", 4) == 0) {
-        char *slash = strchr(buf + 4, '/');
-        if (slash == NULL)
-            return FB_EINVAL;
-        *slash = '\0';
-        f.tenant = buf + 4;
-        f.job = slash + 1;
-    } else if (strncmp(buf, "key:", 4) == 0) {
-        f.key_id = buf + 4;
-    } else if (strcmp(buf, "global") != 0) {
-        return FB_EINVAL;
-    }
-    if ((err = fb_store_spend(s, &f, &sp)) != FB_OK)
+    fb_err err = fb_store_scope_spend(s, scope, window, &sp);
+    if (err != FB_OK)
         return err;
     args a = {0};
     a_str(&a, scope);

@@ -27,7 +27,7 @@ async function cluster(t) {
   const a = await startEnv({ t, store, budgets });
   // B and C call A's fake provider: one billing counter for the cluster
   const providers = { openai: { kind: 'openai', base_url: a.fakeUrl, api_key_env: 'OPENAI_API_KEY' } };
-  const b = await startEnv({ t, store, budgets, providers });
+  const b = await startEnv({ t, store, budgets, providers, admin: true });
   const c = await startEnv({ t, store, budgets, providers });
   t.after(() => pgSql(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`).catch(() => {}));
   const key = await a.createKey({ tenant: 'acme', job: 'main' });
@@ -98,6 +98,14 @@ describe('a cluster of three nodes on PostgreSQL', { skip: !PG_URL && 'FUSEBOX_T
     assert.ok(spent * 100n >= CEILING * 95n, `only ${spent} of ${CEILING} usable`);
     assert.equal(counts.other, 0, 'no call failed otherwise');
     assert.ok(counts.ok > 0 && counts.s402 > 0);
+    // node B's dashboard shows the job's budget over every node, not the
+    // part of it B spent
+    const d = await request('GET', `${cl.b.adminUrl}/dashboard`,
+      { headers: { authorization: `Bearer ${cl.b.adminToken}` } });
+    assert.equal(d.status, 200);
+    const m = /data-scope="job:acme\/main" data-field="period_spent_usd" data-usd="([0-9.]+)"/.exec(d.text);
+    assert.ok(m, 'the dashboard shows the job budget');
+    assert.equal(pico(m[1]), spent, 'the dashboard shows the cluster\'s spend');
     await verify(cl.a);
   });
 
