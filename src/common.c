@@ -22,6 +22,7 @@ const char *fb_strerror(fb_err err)
     case FB_EAGAIN: return "incomplete input";
     case FB_EAUTH: return "not authorised";
     case FB_EUPSTREAM: return "upstream failure";
+    case FB_EBUSY: return "conflict, try again";
     }
     return "unknown error";
 }

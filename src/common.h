@@ -19,6 +19,7 @@ typedef enum fb_err {
     FB_EAGAIN,    /* need more input */
     FB_EAUTH,     /* missing, unknown or revoked key */
     FB_EUPSTREAM, /* the provider failed */
+    FB_EBUSY,     /* a conflict with another writer (a deadlock): again */
 } fb_err;
 
 /* Static text for an error code; never NULL. */

@@ -1619,6 +1619,16 @@ static void with_key(gw_req *gr)
             finish(gr);
             return;
         }
+        /* A string of printable ASCII (the IETF draft's sf-string): a
+         * stray byte must not reach the store as text (PostgreSQL refuses
+         * what is not UTF-8, and would fail the whole batch with it). */
+        for (size_t i = 0; i < vl; i++)
+            if ((unsigned char)idem[i] < 0x20 || (unsigned char)idem[i] > 0x7e) {
+                reply_error(gr, 400, "invalid_request",
+                            "Idempotency-Key must be printable ASCII");
+                finish(gr);
+                return;
+            }
         gr->idem = fb_strndup(idem, vl);
         FB_ASSERT(gr->idem != NULL);
         idempotent(gr);

@@ -937,20 +937,27 @@ static fb_err run_batch(fb_ledger *l, op *batch)
         err = FB_OK;
         goto leave;
     }
-    err = fb_store_begin(l->store);
     if (batch != NULL && batch->next != NULL)
         coalesce(batch);
-    for (op *o = batch; o != NULL && err == FB_OK; o = o->next) {
-        if (o->kind >= OP_LEASE_TAKE)
-            continue;
-        run_op(l, o);
-        if (!fb_store_in_transaction(l->store))
-            err = o->err != FB_OK ? o->err : FB_EIO;
+    /* A deadlock with another node's batch (a shared store) rolls this
+     * one back whole: run it again, a few times. */
+    for (int round = 0; round < 3; round++) {
+        err = fb_store_begin(l->store);
+        for (op *o = batch; o != NULL && err == FB_OK; o = o->next) {
+            if (o->kind >= OP_LEASE_TAKE)
+                continue;
+            o->lost_race = 0;
+            run_op(l, o);
+            if (!fb_store_in_transaction(l->store))
+                err = o->err != FB_OK ? o->err : FB_EIO;
+        }
+        if (err == FB_OK)
+            err = fb_store_commit(l->store);
+        if (err != FB_OK)
+            fb_store_rollback(l->store);
+        if (err != FB_EBUSY)
+            break;
     }
-    if (err == FB_OK)
-        err = fb_store_commit(l->store);
-    if (err != FB_OK)
-        fb_store_rollback(l->store);
 leave:
     for (op *o = batch; o != NULL; o = o->next)
         if (o->kind == OP_LEAVE)

@@ -209,9 +209,27 @@ void fb__roll_drop(fb__rolls *rl)
     rl->npend = 0;
 }
 
+/* The rollup's primary key order. */
+static int roll_cmp(const void *a, const void *b)
+{
+    const fb__roll *x = a, *y = b;
+    int c;
+    if (x->hour_ms != y->hour_ms)
+        return x->hour_ms < y->hour_ms ? -1 : 1;
+    if ((c = strcmp(x->tenant, y->tenant)) != 0 ||
+        (c = strcmp(x->job, y->job)) != 0 ||
+        (c = strcmp(x->key_id, y->key_id)) != 0)
+        return c;
+    return strcmp(x->model, y->model);
+}
+
 fb_err fb__roll_flush(fb__rolls *rl, fb_store *s)
 {
     fb_err err = FB_OK;
+    /* In key order: nodes sharing a store lock the same rollup rows in
+     * the same order, so their batches cannot deadlock on them. */
+    if (rl->npend > 1)
+        qsort(rl->pend, rl->npend, sizeof rl->pend[0], roll_cmp);
     for (size_t i = 0; i < rl->npend && err == FB_OK; i++)
         err = rl->write(s, &rl->pend[i]);
     if (err != FB_OK)

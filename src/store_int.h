@@ -197,7 +197,7 @@ typedef struct fb__roll {
     fb_money cost, saved;
 } fb__roll;
 
-#define FB__ROLL_MAX 64 /* deltas held before they are written early */
+#define FB__ROLL_MAX 256 /* deltas held before they are written early */
 
 typedef struct fb__rolls {
     fb__roll pend[FB__ROLL_MAX];

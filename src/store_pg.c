@@ -283,6 +283,9 @@ static fb_err res_err(fb_store *s, PGresult *r)
     const char *code = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     if (code != NULL && strcmp(code, "23505") == 0)
         return FB_EEXIST; /* unique_violation */
+    if (code != NULL &&
+        (strcmp(code, "40P01") == 0 || strcmp(code, "40001") == 0))
+        return FB_EBUSY; /* deadlock, serialization: the batch again */
     return FB_EIO;
 }
 
@@ -595,7 +598,19 @@ static fb_err pg_commit(fb_store *s)
     fb_err err = s->rolls.failed ? FB_EIO : fb__roll_flush(&s->rolls, s);
     if (err != FB_OK)
         return err; /* the caller rolls back */
-    return simple(s, "COMMIT");
+    /* A transaction a statement failed in is rolled back by COMMIT, which
+     * then answers "ROLLBACK" as a success: neither is a commit. */
+    if (PQtransactionStatus(s->pg) != PQTRANS_INTRANS)
+        return FB_EIO;
+    trip_count();
+    PGresult *r = PQexec(s->pg, "COMMIT");
+    err = res_err(s, r);
+    if (err == FB_OK && strcmp(PQcmdStatus(r), "COMMIT") != 0) {
+        snprintf(s->why, sizeof s->why, "the transaction was rolled back");
+        err = FB_EIO;
+    }
+    PQclear(r);
+    return err;
 }
 
 static void pg_rollback(fb_store *s)
@@ -606,11 +621,20 @@ static void pg_rollback(fb_store *s)
         exec_quiet(s, "ROLLBACK");
 }
 
+/* After a failed statement PostgreSQL ends the transaction's use (every
+ * later statement fails until a rollback): no longer "in" one, as
+ * SQLite's is not after an error that ends it. */
 static int pg_in_transaction(fb_store *s)
 {
     PGTransactionStatusType t = PQtransactionStatus(s->pg);
-    return t == PQTRANS_INTRANS || t == PQTRANS_INERROR ||
-           t == PQTRANS_ACTIVE;
+    return t == PQTRANS_INTRANS || t == PQTRANS_ACTIVE;
+}
+
+/* Inside a transaction block at all, a failed one included: a write is
+ * part of it (and fails with it), never one of its own. */
+static int in_block(fb_store *s)
+{
+    return PQtransactionStatus(s->pg) != PQTRANS_IDLE;
 }
 
 static const char *pg_why(fb_store *s)
@@ -843,7 +867,7 @@ static fb_err entry_settle(fb_store *s, int64_t id, int status, fb_money cost,
  * transaction, each call is one of its own. */
 static fb_err pg_entry_insert(fb_store *s, const fb_entry *e)
 {
-    if (pg_in_transaction(s))
+    if (in_block(s))
         return entry_insert(s, e);
     fb_err err = pg_begin(s);
     if (err == FB_OK)
@@ -858,7 +882,7 @@ static fb_err pg_entry_insert(fb_store *s, const fb_entry *e)
 static fb_err pg_entry_settle(fb_store *s, int64_t id, int status,
                               fb_money cost, const char *outcome)
 {
-    if (pg_in_transaction(s))
+    if (in_block(s))
         return entry_settle(s, id, status, cost, outcome);
     fb_err err = pg_begin(s);
     if (err == FB_OK)
@@ -1073,7 +1097,7 @@ static void spend_args(const fb_spend_filter *f, args *a, char *filt,
 
 static fb_err roll_sync(fb_store *s)
 {
-    if (!pg_in_transaction(s) || s->rolls.npend == 0)
+    if (!in_block(s) || s->rolls.npend == 0)
         return FB_OK;
     return fb__roll_flush(&s->rolls, s);
 }

@@ -98,4 +98,18 @@ describe('abuse', () => {
     assert.match(r.text, /HTTP\/1\.1 400/, 'no 400 for the garbage after it');
     assert.equal(await env.healthz(), 200);
   });
+
+  it('an Idempotency-Key that is not printable ASCII is a 400, and the calls beside it go on', async () => {
+    const body = chatBody({ content: 'a key with a stray byte' });
+    const head = `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+      'Connection: close\r\nIdempotency-Key: op-';
+    const r = await rawExchange(env.gwHost, env.gwPort,
+      Buffer.concat([Buffer.from(head), Buffer.from([0xff, 0xfe]), Buffer.from(`\r\n\r\n${body}`)]),
+      { timeoutMs: 5000 });
+    assert.equal(r.status, 400, r.text);
+    assert.match(r.text, /printable ASCII/);
+    const ok = await env.post(CHAT, chatBody({ content: 'next to it' }), { key, headers: { 'idempotency-key': 'op-fine' } });
+    assert.equal(ok.status, 200, ok.text);
+  });
 });

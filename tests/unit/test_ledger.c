@@ -619,12 +619,12 @@ static void test_rollup_fails_whole(void **state)
                          NULL, NULL, NULL),
             SQLITE_OK);
     }
-    /* 70 final rows in as many groups: the 65th delta is written early
-     * (64 are held), and fails. */
-    char keys[70][16];
+    /* 300 final rows in as many groups: the 257th delta is written early
+     * (256 are held), and fails. */
+    static char keys[300][16];
     fb_err err = fb_store_begin(s), first = FB_OK;
     assert_int_equal(err, FB_OK);
-    for (int i = 0; i < 70; i++) {
+    for (int i = 0; i < 300; i++) {
         fb_entry e = entry(7000 + i, 3600000, "tr", "j", 5);
         snprintf(keys[i], sizeof keys[i], i == 3 ? "kfail" : "k%d", i);
         e.key_id = keys[i];
@@ -649,7 +649,7 @@ static void test_rollup_fails_whole(void **state)
     }
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM ledger "
-                                            "WHERE id BETWEEN 7000 AND 7069",
+                                            "WHERE id BETWEEN 7000 AND 7299",
                                         -1, &st, NULL),
                      SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -662,13 +662,13 @@ static void test_rollup_fails_whole(void **state)
 
 settle_in_transaction:
     /* A settle inside a transaction is seen by a read in it. */
-    fb_entry e = entry(7100, 3600000, "tr", "j2", 500);
+    fb_entry e = entry(7400, 3600000, "tr", "j2", 500);
     assert_int_equal(fb_store_entry_insert(s, &e), FB_OK); /* its own */
     f.job = "j2";
     assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
     assert_int_equal(sp.spent, 500); /* in flight: the reservation */
     assert_int_equal(fb_store_begin(s), FB_OK);
-    assert_int_equal(fb_store_entry_settle(s, 7100, 200, 400, "ok"), FB_OK);
+    assert_int_equal(fb_store_entry_settle(s, 7400, 200, 400, "ok"), FB_OK);
     assert_int_equal(fb_store_spend(s, &f, &sp), FB_OK);
     assert_int_equal(sp.spent, 400);
     assert_int_equal(sp.calls, 1);
