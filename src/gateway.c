@@ -2206,7 +2206,7 @@ out:
     /* A clean stop leaves the cluster: the slices go back now, and the
      * calls cut upstream above are charged in full. */
     if (g.shared && g.ledger != NULL)
-        fb_ledger_leave(g.ledger, g.node);
+        fb_ledger_leave_at_stop(g.ledger, g.node);
     fb_ledger_stop(g.ledger);
     g.ledger = NULL;
     /* What is left was upstream when the transfers were cut: nothing more

@@ -58,8 +58,7 @@ enum op_kind {
     OP_BEAT,
     OP_FLIGHT_CLAIM,
     OP_FLIGHT_RELEASE,
-    OP_JOIN,
-    OP_LEAVE /* after the batch it came with: the node's last write */
+    OP_JOIN
 };
 
 typedef struct op {
@@ -115,6 +114,7 @@ struct fb_ledger {
     size_t backlog;   /* queued + running, guarded by mu */
     int stopping;     /* guarded by mu */
     int poll_ms;
+    int64_t leave_node; /* a cluster node leaves when the ledger stops */
     int64_t polled_ns; /* the thread's: when it last read the feed */
     int64_t change_seq;
     fb_ledger_change_fn on_change;
@@ -698,9 +698,9 @@ void fb_ledger_join(fb_ledger *l, fb_ledger_join_fn cb, void *arg)
     enqueue(l, o);
 }
 
-void fb_ledger_leave(fb_ledger *l, int64_t node)
+void fb_ledger_leave_at_stop(fb_ledger *l, int64_t node)
 {
-    enqueue(l, op_cluster(OP_LEAVE, node, NULL));
+    l->leave_node = node;
 }
 
 void fb_ledger_flight_claim(fb_ledger *l, int64_t node, const char *scope,
@@ -851,9 +851,7 @@ static void run_op(fb_ledger *l, op *o)
     case OP_JOIN:
         o->err = fb_store_node_join(l->store, &o->node, &o->count);
         break;
-    case OP_LEAVE:
-        o->err = fb_store_node_leave(l->store, o->node);
-        break;
+
     case OP_KEY_LOOKUP:
         o->err = fb_store_key_by_hash(l->store, o->hash, &o->key);
         if (o->err == FB_OK && o->key.budget.set) {
@@ -928,15 +926,13 @@ static fb_err run_batch(fb_ledger *l, op *batch)
     int rest = 0;
     /* The cluster's ops, each on its own: their errors are their own. */
     for (op *o = batch; o != NULL; o = o->next) {
-        if (o->kind >= OP_LEASE_TAKE && o->kind != OP_LEAVE)
+        if (o->kind >= OP_LEASE_TAKE)
             run_op(l, o);
         else
-            rest += o->kind != OP_LEAVE;
+            rest++;
     }
-    if (rest == 0) {
-        err = FB_OK;
-        goto leave;
-    }
+    if (rest == 0)
+        return FB_OK;
     if (batch != NULL && batch->next != NULL)
         coalesce(batch);
     /* A deadlock with another node's batch (a shared store) rolls this
@@ -958,10 +954,6 @@ static fb_err run_batch(fb_ledger *l, op *batch)
         if (err != FB_EBUSY)
             break;
     }
-leave:
-    for (op *o = batch; o != NULL; o = o->next)
-        if (o->kind == OP_LEAVE)
-            run_op(l, o);
     return err;
 }
 
@@ -1206,7 +1198,6 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
         case OP_TRIP:
         case OP_IDEM_BIND:
         case OP_FLIGHT_RELEASE:
-        case OP_LEAVE:
             break;
         }
         op_free(o);
@@ -1286,6 +1277,12 @@ void fb_ledger_stop(fb_ledger *l)
             break;
         process(l, batch, 0);
     }
+    /* Every settlement is in: a node leaving the cluster now gives back
+     * only what it did not spend (its calls cut upstream are charged). */
+    if (l->leave_node > 0 &&
+        fb_store_node_leave(l->store, l->leave_node) != FB_OK)
+        fb_log(FB_LOG_WARN, "cluster: could not leave cleanly (the others "
+               "reap this node after the lease): %s", fb_store_why(l->store));
     /* Everything is in the store now (unless a record was held back). */
     if (l->journal != NULL)
         fb_journal_applied(l->journal, UINT64_MAX);

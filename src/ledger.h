@@ -122,8 +122,10 @@ void fb_ledger_beat(fb_ledger *l, int64_t node, fb_ledger_done_fn cb,
 typedef void (*fb_ledger_join_fn)(void *arg, fb_err err, int64_t node,
                                   int64_t id_base);
 void fb_ledger_join(fb_ledger *l, fb_ledger_join_fn cb, void *arg);
-/* The last op of a clean stop: the node leaves (its slices back). */
-void fb_ledger_leave(fb_ledger *l, int64_t node);
+/* At fb_ledger_stop, once every queued op and the settlements their
+ * callbacks queue are in, the node leaves the cluster (its unused slices
+ * back, its calls still in flight charged in full). Loop thread. */
+void fb_ledger_leave_at_stop(fb_ledger *l, int64_t node);
 /* The in-flight marker of a result: cb gets FB_OK (claimed) or FB_EEXIST
  * (another live node buys it now). */
 void fb_ledger_flight_claim(fb_ledger *l, int64_t node, const char *scope,

@@ -26,6 +26,12 @@
  *  4. A node stops reserving from its slices once its heartbeat is older
  *     than half the lease (gateway.c), before anyone may reap it after a
  *     whole one; a node that finds itself reaped takes a new number.
+ *  5. Errors only ever make a pool count more than was spent, never less
+ *     (calls refused, never overspent): a reaped node's spend is read
+ *     from its rows since the window's start with no end (a slice of a
+ *     past window also counts later rows), and a pool created mid-window
+ *     starts from all spend in the window, which a node reaped later
+ *     counts again if it spent before the pool existed.
  *
  * Times that decide liveness are the database's clock (fusebox_now()),
  * not the nodes'. */
@@ -64,6 +70,7 @@ struct fb_store {
     char why[256];
     fb__rolls rolls;
     int lease_ms;
+    int64_t stale_ms; /* a marker held longer was lost: the longest call */
     const char *prep[PREP_MAX]; /* statements prepared on this connection,
                                    by their text's address ("sN": index) */
     int nprep;
@@ -149,7 +156,8 @@ static const char schema_v1[] =
     " window_ms BIGINT NOT NULL, granted BIGINT NOT NULL,"
     " PRIMARY KEY(node, scope, window_ms));"
     "CREATE TABLE flights(scope TEXT NOT NULL, fp BYTEA NOT NULL,"
-    " seq BIGINT NOT NULL, node BIGINT NOT NULL, PRIMARY KEY(scope, fp, seq));"
+    " seq BIGINT NOT NULL, node BIGINT NOT NULL, since_ms BIGINT NOT NULL,"
+    " PRIMARY KEY(scope, fp, seq));"
     "CREATE FUNCTION fusebox_now() RETURNS BIGINT LANGUAGE sql AS"
     " $$SELECT (extract(epoch FROM clock_timestamp())*1000)::bigint$$;"
     /* A slice between need and want of what the ceiling leaves (at most a
@@ -178,6 +186,39 @@ static const char schema_v1[] =
     "  ON CONFLICT(node, scope, window_ms) DO UPDATE"
     "  SET granted=budget_lease.granted+g;"
     " got := g; taken := t + g;"
+    "END$$;"
+    /* An in-flight marker for p_node, taken over from a node that is gone
+     * or held for longer than p_stale ms (a release that was lost):
+     * got is p_node when it is now this node's. */
+    "CREATE FUNCTION fusebox_flight(p_scope TEXT, p_fp BYTEA, p_seq BIGINT,"
+    " p_node BIGINT, p_stale BIGINT) RETURNS BIGINT LANGUAGE sql AS $$"
+    "INSERT INTO flights VALUES(p_scope, p_fp, p_seq, p_node, fusebox_now())"
+    " ON CONFLICT(scope, fp, seq) DO UPDATE SET node=excluded.node,"
+    " since_ms=excluded.since_ms WHERE flights.node=excluded.node OR"
+    " flights.since_ms < fusebox_now() - p_stale OR NOT EXISTS(SELECT 1"
+    " FROM nodes WHERE id=flights.node) RETURNING node$$;"
+    /* A lookup that claims: 2 when the result is kept, else 0 when the
+     * marker is now p_node's (buy it) or 1 while another node holds it.
+     * The result is looked for again after the claim: each statement
+     * here reads a fresh snapshot, so a result its holder kept while the
+     * claim waited on its marker row is seen (and the claim undone). */
+    "CREATE FUNCTION fusebox_claim(p_scope TEXT, p_fp BYTEA, p_seq BIGINT,"
+    " p_node BIGINT, p_now BIGINT, p_stale BIGINT) RETURNS INT"
+    " LANGUAGE plpgsql AS $$"
+    "DECLARE got BIGINT;"
+    "BEGIN"
+    " PERFORM 1 FROM results WHERE scope=p_scope AND fp=p_fp AND seq=p_seq"
+    "  AND expires_ms>p_now;"
+    " IF FOUND THEN RETURN 2; END IF;"
+    " got := fusebox_flight(p_scope, p_fp, p_seq, p_node, p_stale);"
+    " PERFORM 1 FROM results WHERE scope=p_scope AND fp=p_fp AND seq=p_seq"
+    "  AND expires_ms>p_now;"
+    " IF FOUND THEN"
+    "  DELETE FROM flights WHERE scope=p_scope AND fp=p_fp AND seq=p_seq"
+    "   AND node=p_node;"
+    "  RETURN 2;"
+    " END IF;"
+    " RETURN CASE WHEN got IS NULL THEN 1 ELSE 0 END;"
     "END$$;"
     "CREATE FUNCTION fusebox_give(p_node BIGINT, p_scope TEXT,"
     " p_window BIGINT, p_amount BIGINT) RETURNS BOOLEAN LANGUAGE plpgsql AS $$"
@@ -509,7 +550,28 @@ fb_err fb__pg_open(const fb_config *c, const char *url, int do_migrate,
     s->ops = &pg_ops;
     s->rolls.write = roll_write;
     s->lease_ms = c->cluster_lease_ms > 0 ? c->cluster_lease_ms : 10000;
-    s->pg = PQconnectdb(url);
+    s->stale_ms = (int64_t)c->upstream_timeout_ms + 60000;
+    /* Parsed first: libpq's own parse errors quote the URL, password and
+     * all; this message names nothing of it. */
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &perr);
+    if (opts == NULL) {
+        PQfreemem(perr);
+        snprintf(errbuf, errcap, "store: the PostgreSQL URL cannot be read "
+                                 "(it is not shown: it may hold a password)");
+        err = FB_EINVAL;
+        goto out;
+    }
+    const char *kw[64], *val[64];
+    size_t n = 0;
+    for (PQconninfoOption *o = opts; o->keyword != NULL && n < 63; o++)
+        if (o->val != NULL) {
+            kw[n] = o->keyword;
+            val[n++] = o->val;
+        }
+    kw[n] = val[n] = NULL;
+    s->pg = PQconnectdbParams(kw, val, 0);
+    PQconninfoFree(opts);
     if (s->pg == NULL || PQstatus(s->pg) != CONNECTION_OK) {
         /* libpq's message names the host and the reason, not the
          * password */
@@ -1014,7 +1076,13 @@ static fb_err pg_lease_give(fb_store *s, int64_t node, const char *scope,
     a_i64(&a, window);
     a_i64(&a, amount);
     __atomic_add_fetch(&lease_trips, 1, __ATOMIC_RELAXED);
-    return exec(s, "SELECT fusebox_give($1,$2,$3,$4)", &a, NULL);
+    fb_err err;
+    PGresult *r = run(s, "SELECT fusebox_give($1,$2,$3,$4)", &a, 0, &err);
+    /* false: the slice held less (nothing changed): not given */
+    if (r != NULL && (PQntuples(r) != 1 || strcmp(PQgetvalue(r, 0, 0), "t")))
+        err = FB_ENOTFOUND;
+    PQclear(r);
+    return err;
 }
 
 static fb_err pg_flight_claim(fb_store *s, int64_t node, const char *scope,
@@ -1026,14 +1094,10 @@ static fb_err pg_flight_claim(fb_store *s, int64_t node, const char *scope,
     a_bin(&a, fp, 32);
     a_i64(&a, seq);
     a_i64(&a, node);
-    /* A marker of a node that is gone (reaped) gives way. */
-    PGresult *r = run(s,
-                      "INSERT INTO flights VALUES($1,$2,$3,$4) ON CONFLICT"
-                      "(scope,fp,seq) DO UPDATE SET node=excluded.node WHERE"
-                      " flights.node=excluded.node OR NOT EXISTS(SELECT 1"
-                      " FROM nodes WHERE id=flights.node) RETURNING node",
-                      &a, 0, &err);
-    if (r != NULL && PQntuples(r) == 0)
+    a_i64(&a, s->stale_ms);
+    /* A marker of a node that is gone (reaped), or stale, gives way. */
+    PGresult *r = run(s, "SELECT fusebox_flight($1,$2,$3,$4,$5)", &a, 0, &err);
+    if (r != NULL && (PQntuples(r) != 1 || PQgetisnull(r, 0, 0)))
         err = FB_EEXIST;
     PQclear(r);
     return err;
@@ -1366,36 +1430,22 @@ static fb_err pg_result_claim(fb_store *s, int64_t node, const char *scope,
                               fb_result *out)
 {
     args a = {0};
-    fb_err err;
+    int64_t k = 0;
     a_str(&a, scope);
     a_bin(&a, fp, 32);
     a_i64(&a, seq);
-    a_i64(&a, now_ms);
     a_i64(&a, node);
-    /* One row: the result's columns (NULL when none), then whether the
-     * marker is now this node's (inserted, or taken over from a node
-     * that is gone). */
-    PGresult *r = run(
-        s,
-        "WITH r AS (SELECT " RESULT_COLS " FROM results WHERE scope=$1 AND"
-        " fp=$2 AND seq=$3 AND expires_ms>$4),"
-        " c AS (INSERT INTO flights SELECT $1,$2,$3,$5 WHERE NOT EXISTS"
-        " (SELECT 1 FROM r) ON CONFLICT(scope,fp,seq) DO UPDATE SET"
-        " node=excluded.node WHERE flights.node=excluded.node OR NOT EXISTS"
-        " (SELECT 1 FROM nodes WHERE id=flights.node) RETURNING node)"
-        " SELECT r.*, (SELECT COUNT(*) FROM c) FROM (SELECT 1) one LEFT JOIN"
-        " r ON true",
-        &a, 0, &err);
-    if (r != NULL) {
-        if (PQntuples(r) != 1)
-            err = FB_EIO;
-        else if (!PQgetisnull(r, 0, 0))
-            err = read_result(r, 0, out);
-        else
-            err = col_i64(r, 0, 10) > 0 ? FB_ENOTFOUND : FB_EEXIST;
-    }
-    PQclear(r);
-    return err;
+    a_i64(&a, now_ms);
+    a_i64(&a, s->stale_ms);
+    fb_err err = one_i64(s, "SELECT fusebox_claim($1,$2,$3,$4,$5,$6)", &a, &k);
+    if (err != FB_OK)
+        return err;
+    if (k == 1)
+        return FB_EEXIST; /* another node buys it now */
+    if (k == 0)
+        return FB_ENOTFOUND; /* claimed: buy it */
+    /* Kept: read it (a second round trip, on the replay path only). */
+    return pg_result_get(s, scope, fp, seq, now_ms, out);
 }
 
 static fb_err pg_result_by_idem(fb_store *s, const char *scope,

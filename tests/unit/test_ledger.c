@@ -19,6 +19,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 
 #include "journal.h"
 #include "keys.h"
@@ -740,7 +741,8 @@ static void test_leases(void **state)
                                          200, &got, &taken),
                      FB_OK);
     assert_int_equal(got, 200);
-    assert_int_equal(fb_store_lease_give(a, na, "job:lt/j", 0, 401), FB_OK);
+    assert_int_equal(fb_store_lease_give(a, na, "job:lt/j", 0, 401),
+                     FB_ENOTFOUND); /* more than A holds: nothing given */
     assert_int_equal(pool_taken("job:lt/j"), 1000); /* refused: unchanged */
     /* A (slice 400) has one call settled at 50 and one in flight (70),
      * then dies. Reaped: the flight charged in full, 400 - 120 back. */
@@ -764,6 +766,72 @@ static void test_leases(void **state)
     assert_int_equal(sp.spent, 100 + 50 + 70);
     assert_int_equal(sp.reserved, 0);
     assert_int_equal(fb_store_node_leave(b, nb), FB_OK);
+    fb_store_close(a);
+    fb_store_close(b);
+}
+
+typedef struct claimer {
+    fb_store *s;
+    int64_t node;
+    uint8_t fp[32];
+    fb_err err;
+    fb_result res;
+} claimer;
+
+static void *claim_thread(void *arg)
+{
+    claimer *c = arg;
+    c->err = fb_store_result_claim(c->s, c->node, "job:f/j", c->fp, 1, 2000,
+                                   &c->res);
+    return NULL;
+}
+
+/* How many sessions wait on a lock now (the tests' own connection). */
+static int lock_waiters(void)
+{
+    PGconn *c = PQconnectdb(pg_url);
+    PGresult *r = PQexec(c, "SELECT COUNT(*) FROM pg_stat_activity WHERE "
+                            "wait_event_type='Lock'");
+    int n = PQntuples(r) == 1 ? atoi(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    PQfinish(c);
+    return n;
+}
+
+/* A claim that waits on a marker whose holder keeps the result and drops
+ * the marker in one transaction sees the kept result once that commits
+ * (review: it bought it again, its snapshot older than the commit). */
+static void test_claim_sees_a_result_kept_meanwhile(void **state)
+{
+    (void)state;
+    fb_store *a = open_store(), *b = open_store();
+    claimer c = {.s = b, .fp = {7, 7, 7}};
+    int64_t na, x;
+    pthread_t th;
+    fb_result r = {.status = 200, .headers = "", .body = "{\"k\":1}",
+                   .body_len = 7, .seq = 1};
+    assert_int_equal(fb_store_node_join(a, &na, &x), FB_OK);
+    assert_int_equal(fb_store_node_join(b, &c.node, &x), FB_OK);
+    memcpy(r.fp, c.fp, 32);
+    assert_int_equal(fb_store_result_claim(a, na, "job:f/j", c.fp, 1, 2000,
+                                           &c.res),
+                     FB_ENOTFOUND); /* A buys it */
+    assert_int_equal(fb_store_begin(a), FB_OK);
+    assert_int_equal(fb_store_result_put(a, "job:f/j", &r, NULL, 1000,
+                                         INT64_MAX / 2),
+                     FB_OK);
+    assert_int_equal(pthread_create(&th, NULL, claim_thread, &c), 0);
+    int64_t t0 = mono_ms();
+    while (lock_waiters() < 1 && mono_ms() - t0 < 10000)
+        nap_50ms();
+    assert_int_equal(lock_waiters(), 1); /* B waits on A's marker row */
+    assert_int_equal(fb_store_commit(a), FB_OK);
+    pthread_join(th, NULL);
+    assert_int_equal(c.err, FB_OK); /* kept: not bought again */
+    assert_memory_equal(c.res.body, "{\"k\":1}", 7);
+    fb_result_clear(&c.res);
+    assert_int_equal(fb_store_node_leave(a, na), FB_OK);
+    assert_int_equal(fb_store_node_leave(a, c.node), FB_OK);
     fb_store_close(a);
     fb_store_close(b);
 }
@@ -842,6 +910,30 @@ static void test_flights(void **state)
     fb_store_close(b);
 }
 
+/* A bad URL, or a server that cannot be reached, is named in errors
+ * without the password (the URL is never echoed). */
+static void test_store_url_secret(void **state)
+{
+    (void)state;
+    static const char *const urls[] = {
+        "postgres://u:topsecret@127.0.0.1:1/db",
+        "postgres://u:top%zzsecret@127.0.0.1:1/db",
+        "postgres://u:topsecret@[::1/db",
+        "postgresql://u:topsecret@/db?host=/nonexistent&sslmode=bogus",
+    };
+    fb_config c = cfg;
+    for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
+        char err[512] = "";
+        fb_store *s = NULL;
+        c.store_url = (char *)urls[i];
+        assert_int_not_equal(fb_store_open(&c, &s, err, sizeof err), FB_OK);
+        assert_null(s);
+        assert_true(err[0] != '\0');
+        if (strstr(err, "secret") != NULL)
+            fail_msg("the password in: %s", err);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest pg_tests[] = {
@@ -853,6 +945,7 @@ int main(void)
         cmocka_unit_test(test_rollup_fails_whole),
         cmocka_unit_test(test_leases),
         cmocka_unit_test(test_flights),
+        cmocka_unit_test(test_claim_sees_a_result_kept_meanwhile),
     };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_insert_durable_then_recover),
@@ -863,6 +956,7 @@ int main(void)
         cmocka_unit_test(test_journal_acks_and_coalesces),
         cmocka_unit_test(test_results_size_cap),
         cmocka_unit_test(test_rollup_fails_whole),
+        cmocka_unit_test(test_store_url_secret),
     };
     int failed = cmocka_run_group_tests_name("sqlite", tests, setup,
                                              teardown);
