@@ -100,7 +100,8 @@ $(BUILD)/fbfault.so: tests/fault/fbfault.c
 # The store's suites run twice: on SQLite (e2e) and on PostgreSQL (e2e-pg,
 # a database per test env on the throw-away server scripts/with-pg.sh
 # starts). cluster.test.mjs needs the server too.
-PG_SUITES := budget money replay sdk errors generic incident metrics crash abuse
+PG_SUITES := budget money replay sdk errors generic incident metrics crash abuse \
+    run secrets hardening
 e2e-pg: $(BUILD)/fusebox
 	@if [ -z "$${FUSEBOX_TEST_PG:-}" ]; then echo "e2e-pg: FUSEBOX_TEST_PG is not set: skipped"; else \
 	    FUSEBOX_E2E_STORE=pg E2E_FILES="$(PG_SUITES:%=tests/e2e/%.test.mjs)" \

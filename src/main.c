@@ -135,6 +135,13 @@ static int serve(int argc, char **argv)
     fb_config *c = fb_cli_config(cfg);
     if (c == NULL)
         return 1;
+    if (staging) {
+        /* A staging gateway prices a run on a scratch store of its own:
+         * never the shared one the config or FUSEBOX_STORE names. */
+        free(c->store_url);
+        c->store_url = NULL;
+        unsetenv("FUSEBOX_STORE");
+    }
     if ((listen && set_listen(c, listen) != 0) ||
         (data_dir && set_str(&c->data_dir, data_dir) != 0) ||
         (staging && staging_upstream(c, staging) != 0)) {

@@ -1092,7 +1092,8 @@ int fb_run_main(int argc, char **argv)
         char data[300];
         snprintf(data, sizeof data, "%s/data", x.tmpdir);
         tmp.data_dir = data;
-        if (fb_store_open(&tmp, &scratch, errbuf, sizeof errbuf) != FB_OK) {
+        if (fb_store_open_local(&tmp, &scratch, errbuf, sizeof errbuf) !=
+            FB_OK) {
             fprintf(stderr, "fusebox run: %s\n", errbuf);
             goto out;
         }

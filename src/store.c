@@ -55,6 +55,12 @@ fb_err fb_store_open(const fb_config *c, fb_store **out, char *errbuf,
     return fb__pg_open(c, url, 0, NULL, out, errbuf, errcap);
 }
 
+fb_err fb_store_open_local(const fb_config *c, fb_store **out, char *errbuf,
+                           size_t errcap)
+{
+    return fb__sqlite_open(c, out, errbuf, errcap);
+}
+
 int fb_store_embedded(const fb_config *c)
 {
     int bad;

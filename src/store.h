@@ -123,6 +123,10 @@ void fb_store_close(fb_store *s);
 /* Round trips to PostgreSQL this process made, over every handle, and
  * (*leases) those that took or gave budget slices (for /metrics). */
 uint64_t fb_store_round_trips(uint64_t *leases);
+/* SQLite under c->data_dir whatever the config or FUSEBOX_STORE name: a
+ * scratch store (fusebox run --staging). */
+fb_err fb_store_open_local(const fb_config *c, fb_store **out, char *errbuf,
+                           size_t errcap);
 /* Is the config's store the embedded SQLite one (not PostgreSQL)? */
 int fb_store_embedded(const fb_config *c);
 /* fusebox migrate: bring the store's schema to this build's version.

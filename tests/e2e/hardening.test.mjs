@@ -13,7 +13,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import {
   startEnv, run, rawExchange, waitFor, pico, usd, chatBody, worstChat, GPT4O_MINI,
-  PROVIDER_KEYS, SLOW,
+  PROVIDER_KEYS, SLOW, STORE_PG,
 } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
@@ -348,7 +348,9 @@ it('a key whose tenant was removed from the config gets 403 unknown_tenant, no u
 /* ------------------------------------------------------------------ */
 /* 5. revocation by unique id                                           */
 
-it('key revoke refuses a prefix shared by two keys and revokes by id', async (t) => {
+it('key revoke refuses a prefix shared by two keys and revokes by id', {
+  skip: STORE_PG && 'SQLite only: it writes a key row with sqlite3',
+}, async (t) => {
   const env = await startEnv({ t });
   const a = await env.createKeyFull({ tenant: 'acme', job: 'main' });
   const b = await env.createKeyFull({ tenant: 'acme', job: 'main' });
@@ -509,7 +511,11 @@ it('a fusebox key in the query string is refused with 400 and never reaches the 
 /* ------------------------------------------------------------------ */
 /* 9. a second SIGTERM while draining                                   */
 
-it('a second SIGTERM during a drain stops the daemon promptly', async (t) => {
+it('a second SIGTERM during a drain stops the daemon promptly', {
+  // on a shared store the calls cut are charged as the node leaves, not
+  // at the next start (cluster.test.mjs)
+  skip: STORE_PG && 'SQLite only: charged at the next start',
+}, async (t) => {
   const env = await startEnv({ t, budgets: { global: '100', tenants: { acme: { budget: '50', jobs: { main: '10' } } } } });
   const key = await env.createKey({ tenant: 'acme', job: 'main' });
   const N = 3;

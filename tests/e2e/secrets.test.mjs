@@ -20,7 +20,7 @@ import { join, relative } from 'node:path';
 import OpenAI from 'openai';
 import Anthropic from '@anthropic-ai/sdk';
 import {
-  startEnv, run, request, waitFor, chatBody, PROVIDER_KEYS, BIN, SLOW,
+  startEnv, run, request, waitFor, chatBody, PROVIDER_KEYS, BIN, SLOW, STORE_PG,
 } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
@@ -299,10 +299,13 @@ writeFileSync(${JSON.stringify(seen)}, JSON.stringify({ status: r.status, env: p
   // files are read at each moment and searched once all keys are known.
   function scanDataDirLater() {
     const files = filesUnder(env.dataDir);
-    return {
-      files: files.map((f) => relative(env.dataDir, f)).sort(),
-      contents: files.map((f) => ({ name: relative(env.dataDir, f), buf: readFileSync(f) })),
-    };
+    const contents = files.map((f) => ({ name: relative(env.dataDir, f), buf: readFileSync(f) }));
+    // On PostgreSQL the store is the database: every row of it, as text
+    if (STORE_PG) {
+      contents.push({ name: '(pg_dump of the store)',
+        buf: execFileSync('pg_dump', ['--data-only', env.store], { maxBuffer: 256 << 20 }) });
+    }
+    return { files: files.map((f) => relative(env.dataDir, f)).sort(), contents };
   }
 
   after(async () => {
@@ -315,8 +318,13 @@ writeFileSync(${JSON.stringify(seen)}, JSON.stringify({ status: r.status, env: p
     assert.match(gwLog, /call id=/, 'no per-call debug line in the daemon log');
     const all = new Set(snapshots.flatMap((s) => s.files));
     const names = [...all].join(', ');
-    assert.ok([...all].some((f) => /journal/.test(f)), `no journal file in data_dir: ${names}`);
-    assert.ok([...all].some((f) => /-wal$/.test(f)), `no WAL in data_dir: ${names}`);
+    if (STORE_PG) { // no journal on a shared store; the dump was read
+      assert.ok(snapshots.every((s) => s.contents.some((c) => c.name.startsWith('(pg_dump') &&
+        c.buf.includes('COPY public.keys'))), 'no dump of the store');
+    } else {
+      assert.ok([...all].some((f) => /journal/.test(f)), `no journal file in data_dir: ${names}`);
+      assert.ok([...all].some((f) => /-wal$/.test(f)), `no WAL in data_dir: ${names}`);
+    }
     assert.ok([...all].some((f) => /epoch/.test(f)), `no epoch file in data_dir: ${names}`);
     assert.ok(keys.size >= 8, `only ${keys.size} virtual keys made`);
   });
@@ -346,9 +354,13 @@ writeFileSync(${JSON.stringify(seen)}, JSON.stringify({ status: r.status, env: p
       const head = readFileSync(f).subarray(0, 16).toString('latin1');
       return head === 'SQLite format 3\0';
     });
-    assert.ok(db, 'no SQLite database in data_dir');
-    const rows = JSON.parse(execFileSync('sqlite3', ['-json', db,
-      'SELECT id, prefix, lower(hex(hash)) AS hash FROM keys'], { encoding: 'utf8' }) || '[]');
+    assert.ok(db || STORE_PG, 'no SQLite database in data_dir');
+    const rows = STORE_PG
+      ? JSON.parse(execFileSync('psql', [env.store, '-X', '-A', '-t', '-c',
+        "SELECT COALESCE(json_agg(json_build_object('id', id, 'prefix', prefix, 'hash', encode(hash, 'hex'))), '[]') FROM keys"],
+      { encoding: 'utf8' }))
+      : JSON.parse(execFileSync('sqlite3', ['-json', db,
+        'SELECT id, prefix, lower(hex(hash)) AS hash FROM keys'], { encoding: 'utf8' }) || '[]');
     const byId = new Map(rows.map((r) => [r.id, r]));
     for (const [label, id] of keyIds) {
       const row = byId.get(id);
@@ -360,7 +372,9 @@ writeFileSync(${JSON.stringify(seen)}, JSON.stringify({ status: r.status, env: p
     // A textual dump of every table holds no secret either (the byte
     // search above already covers the file; this covers what SQLite
     // would print of it).
-    const dump = execFileSync('sqlite3', [db, '.dump'], { encoding: 'utf8', maxBuffer: 256 << 20 });
+    const dump = STORE_PG
+      ? execFileSync('pg_dump', [env.store], { encoding: 'utf8', maxBuffer: 256 << 20 })
+      : execFileSync('sqlite3', [db, '.dump'], { encoding: 'utf8', maxBuffer: 256 << 20 });
     const hits = findIn(Buffer.from(dump), needles(PROVIDER_KEYS, keys), 'sqlite3 .dump');
     assert.equal(hits.length, 0, `secrets in the store's dump:\n${show(hits)}`);
   });
