@@ -1190,9 +1190,10 @@ typedef struct give_ctx {
 static void on_give(void *arg, fb_err err, fb_money got, fb_money given)
 {
     give_ctx *gc = arg;
-    /* Still ours when the store did not take it back (unless this node
-     * was reaped since: then the reaper did). */
-    if (err != FB_OK && gc->node == gc->g->node)
+    /* Still ours when the store certainly did not take it back (an I/O
+     * error may hide a give that committed: then it is lost to this node,
+     * never spent twice), unless this node was reaped since. */
+    if (err == FB_ENOTFOUND && gc->node == gc->g->node)
         fb_scope_grant(gc->scope, gc->window, given);
     free(gc);
 }
@@ -1495,9 +1496,12 @@ static void on_iclaim(void *arg, fb_err err)
 {
     gw_req *gr = arg;
     if (err == FB_OK) {
+        /* Claimed: look once more (a fresh read) for a result another
+         * node kept and bound to this key while the claim waited. */
         gr->iclaimed = 1;
         if (!gone(gr))
-            occurrence(gr);
+            fb_ledger_result_lookup(gr->g->ledger, gr->rscope, gr->fp, 0,
+                                    gr->idem, fb_wall_ms(), on_idem, gr);
         return;
     }
     if (err == FB_EEXIST && gr->g->c->idempotency_wait) {

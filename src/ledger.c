@@ -982,8 +982,12 @@ static fb_err process(fb_ledger *l, op *batch, int want_changes)
             rlast = o;
             continue;
         }
-        if (terr != FB_OK && o->err == FB_OK && o->kind < OP_LEASE_TAKE)
-            o->err = terr; /* the cluster's ops ran on their own */
+        /* The cluster's ops ran on their own. A claim that said "yours"
+         * was rolled back with its batch: it is not. */
+        if (terr != FB_OK && o->kind < OP_LEASE_TAKE &&
+            (o->err == FB_OK ||
+             (o->kind == OP_RESULT && o->node > 0 && o->err == FB_ENOTFOUND)))
+            o->err = terr;
         o->next = l->done;
         l->done = o;
         l->backlog--;

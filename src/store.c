@@ -267,8 +267,9 @@ fb_err fb__roll_note(fb__rolls *rl, fb_store *s, int64_t ts_ms,
         /* A delta lost (a failed early flush, no memory) would make the
          * rollup undercount for good, and budgets are seeded from it:
          * the whole transaction fails instead (the backend's commit). */
-        if (rl->npend == FB__ROLL_MAX && fb__roll_flush(rl, s) != FB_OK)
-            return FB_EIO;
+        fb_err err;
+        if (rl->npend == FB__ROLL_MAX && (err = fb__roll_flush(rl, s)) != FB_OK)
+            return err; /* FB_EBUSY: the batch runs again */
         r = &rl->pend[rl->npend];
         *r = (fb__roll){.hour_ms = hour,
                         .tenant = strdup(tenant ? tenant : ""),

@@ -44,6 +44,12 @@
 #include <string.h>
 
 #define PG_SCHEMA_VERSION 1
+/* Every session: bytea as hex (col_bytes reads it); and a node cut off in
+ * the middle of a batch must not hold its row locks (rollup rows, markers,
+ * its own node row) for long: the server ends such a session. */
+#define SESSION_SETUP                                                          \
+    "SET bytea_output=hex;SET application_name=fusebox;"                       \
+    "SET idle_in_transaction_session_timeout='60s'"
 #define PREP_MAX 96
 #define ARGS_MAX 17
 
@@ -189,10 +195,12 @@ static const char schema_v1[] =
     "END$$;"
     /* An in-flight marker for p_node, taken over from a node that is gone
      * or held for longer than p_stale ms (a release that was lost):
-     * got is p_node when it is now this node's. */
+     * got is p_node when it is now this node's (never for a node reaped:
+     * it looks again, and joins again at its next heartbeat). */
     "CREATE FUNCTION fusebox_flight(p_scope TEXT, p_fp BYTEA, p_seq BIGINT,"
     " p_node BIGINT, p_stale BIGINT) RETURNS BIGINT LANGUAGE sql AS $$"
-    "INSERT INTO flights VALUES(p_scope, p_fp, p_seq, p_node, fusebox_now())"
+    "INSERT INTO flights SELECT p_scope, p_fp, p_seq, p_node, fusebox_now()"
+    " WHERE EXISTS(SELECT 1 FROM nodes WHERE id=p_node)"
     " ON CONFLICT(scope, fp, seq) DO UPDATE SET node=excluded.node,"
     " since_ms=excluded.since_ms WHERE flights.node=excluded.node OR"
     " flights.since_ms < fusebox_now() - p_stale OR NOT EXISTS(SELECT 1"
@@ -330,6 +338,9 @@ static fb_err res_err(fb_store *s, PGresult *r)
     return FB_EIO;
 }
 
+static void heal(fb_store *s);
+static int in_block(fb_store *s);
+
 /* Run sql (its text a constant: prepared once per connection, named by
  * its slot) with a's parameters. Returns the result (PQclear it) and
  * *err. dyn: sql is built per call, not prepared. */
@@ -342,6 +353,10 @@ static PGresult *run(fb_store *s, const char *sql, const args *a, int dyn,
     const int *len = a ? a->len : NULL, *fmt = a ? a->fmt : NULL;
     int slot = -1;
     char name[16];
+    /* A connection that broke (a server restart) comes back on the next
+     * statement outside a transaction: every handle, readers included. */
+    if (PQstatus(s->pg) != CONNECTION_OK && !in_block(s))
+        heal(s);
     for (int i = 0; !dyn && i < s->nprep && slot < 0; i++)
         if (s->prep[i] == sql)
             slot = i;
@@ -581,8 +596,7 @@ fb_err fb__pg_open(const fb_config *c, const char *url, int do_migrate,
         goto out;
     }
     PQsetNoticeProcessor(s->pg, no_notice, NULL);
-    PGresult *r = PQexec(s->pg, "SET bytea_output=hex;"
-                                "SET application_name=fusebox");
+    PGresult *r = PQexec(s->pg, SESSION_SETUP);
     err = res_err(s, r);
     PQclear(r);
     if (err != FB_OK) {
@@ -643,8 +657,7 @@ static void heal(fb_store *s)
     PQreset(s->pg);
     s->nprep = 0;
     if (PQstatus(s->pg) == CONNECTION_OK)
-        exec_quiet(s, "SET bytea_output=hex;"
-                           "SET application_name=fusebox");
+        exec_quiet(s, SESSION_SETUP);
 }
 
 static fb_err pg_begin(fb_store *s)
@@ -888,12 +901,29 @@ static fb_err entry_insert(fb_store *s, const fb_entry *e)
     a_i64(&a, e->attempt);
     a_i64(&a, e->saved);
     a_i64(&a, e->retry);
-    fb_err err = exec(s,
-                      "INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,"
-                      "model,path,status,reserved,cost,state,outcome,fp,"
-                      "attempt,saved,retry) VALUES($1,$2,$3,$4,$5,$6,$7,$8,"
-                      "$9,$10,$11,$12,$13,$14::bytea,$15,$16,$17)",
-                      &a, NULL);
+    /* A call in flight belongs to a live node: the row's node (its id's
+     * high bits) is locked against the reaper until this commits, and a
+     * node reaped already writes none (its slices were given back; a late
+     * reservation would be counted in no pool). */
+    int n = 0;
+    fb_err err = exec(
+        s,
+        e->state == FB_ENTRY_RESERVED
+            ? "INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,"
+              "model,path,status,reserved,cost,state,outcome,fp,attempt,"
+              "saved,retry) SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,"
+              "$13,$14::bytea,$15,$16,$17 WHERE EXISTS(SELECT 1 FROM nodes"
+              " WHERE id=$1::bigint>>40 FOR KEY SHARE)"
+            : "INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,"
+              "model,path,status,reserved,cost,state,outcome,fp,attempt,"
+              "saved,retry) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,"
+              "$13,$14::bytea,$15,$16,$17)",
+        &a, &n);
+    if (err == FB_OK && n == 0) {
+        snprintf(s->why, sizeof s->why, "this node was reaped: no new calls "
+                                        "under its old number");
+        err = FB_ENOTFOUND;
+    }
     if (err == FB_OK && e->state != FB_ENTRY_RESERVED)
         err = fb__roll_note(&s->rolls, s, e->ts_ms, e->tenant, e->job,
                             e->key_id, e->model, (int)e->state, e->cost,
@@ -1196,8 +1226,8 @@ static fb_err pg_spend(fb_store *s, const fb_spend_filter *f, fb_spend *out)
     args a = {0};
     fb_err err;
     memset(out, 0, sizeof *out);
-    if (roll_sync(s) != FB_OK)
-        return FB_EIO;
+    if ((err = roll_sync(s)) != FB_OK)
+        return err;
     spend_args(f, &a, filt, sizeof filt);
     if (!spend_sql(sql, sizeof sql,
                    "SELECT COALESCE(SUM(cost)+SUM(fl),0), COALESCE(SUM(fl),0),"
@@ -1241,8 +1271,8 @@ static fb_err pg_report(fb_store *s, fb_report_by by, const fb_spend_filter *f,
     fb_err err;
     if ((unsigned)by > FB_BY_TENANT_HOUR)
         return FB_EINVAL;
-    if (roll_sync(s) != FB_OK)
-        return FB_EIO;
+    if ((err = roll_sync(s)) != FB_OK)
+        return err;
     spend_args(f, &a, filt, sizeof filt);
     int timed = by == FB_BY_HOUR || by == FB_BY_DAY;
     /* Time buckets sort as numbers, not as their text. */
@@ -1858,15 +1888,16 @@ static fb_err pg_outbox_due(fb_store *s, int64_t now_ms, int limit,
     fb_err err;
     a_i64(&a, now_ms);
     a_i64(&a, limit);
-    /* Every node's alert thread delivers: a row handed out is pushed a
-     * minute on (claimed) so that no other node sends it meanwhile; the
+    /* Every node's alert thread delivers: a row handed out is pushed on
+     * (claimed: a minute and 10 s per row, longer than a round of sends
+     * with their timeouts) so that no other node sends it meanwhile; the
      * delivery's outcome then sets it. A node that dies while sending
-     * leaves it to be sent again a minute later (at least once). */
+     * leaves it to be sent again later (at least once). */
     PGresult *r = run(s,
                       "WITH c AS (SELECT id FROM alert_outbox WHERE state=0"
                       " AND next_ms<=$1 ORDER BY next_ms, id LIMIT $2 FOR"
                       " UPDATE SKIP LOCKED), u AS (UPDATE alert_outbox o SET"
-                      " next_ms=$1+60000 FROM c WHERE o.id=c.id RETURNING"
+                      " next_ms=$1+60000+$2*10000 FROM c WHERE o.id=c.id RETURNING"
                       " o.id, o.dedup, o.dest, o.attempts) SELECT u.id,"
                       " u.dedup, u.dest, u.attempts, a.kind, a.scope,"
                       " a.message, a.body FROM u JOIN alerts a ON"
