@@ -100,8 +100,10 @@ $(BUILD)/fbfault.so: tests/fault/fbfault.c
 # The store's suites run twice: on SQLite (e2e) and on PostgreSQL (e2e-pg,
 # a database per test env on the throw-away server scripts/with-pg.sh
 # starts). cluster.test.mjs needs the server too.
+# Left out: verify (SQLite's own integrity checks, a corrupted file) and
+# diskfault (a full disk under the SQLite file).
 PG_SUITES := budget money replay sdk errors generic incident metrics crash abuse \
-    run secrets hardening
+    run secrets hardening reports alerts dashboard
 e2e-pg: $(BUILD)/fusebox
 	@if [ -z "$${FUSEBOX_TEST_PG:-}" ]; then echo "e2e-pg: FUSEBOX_TEST_PG is not set: skipped"; else \
 	    FUSEBOX_E2E_STORE=pg E2E_FILES="$(PG_SUITES:%=tests/e2e/%.test.mjs)" \

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startEnv, chatBody, cliRun, run, sqlite, request, waitFor, closedPort } from './harness.mjs';
+import { startEnv, chatBody, cliRun, run, request, waitFor, closedPort, ROLLUP_SEED } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
 const HOUR = 3600000;
@@ -45,7 +45,7 @@ async function receiver() {
 }
 
 describe('alerts', () => {
-  let env, rx, db, outFile, hotKey, downUrl;
+  let env, rx, outFile, hotKey, downUrl;
 
   /** SQL rows for one job: [ts, cost USD as a decimal string] each. */
   function rows(tenant, job, list, { idBase, fp = null, state = 1 } = {}) {
@@ -53,7 +53,7 @@ describe('alerts', () => {
       const [w, f = ''] = usd.split('.');
       const pico = BigInt(w) * USD + BigInt((f + '000000000000').slice(0, 12));
       return `(${idBase + i},${ts},'${tenant}','${job}','k_${job}','openai','gpt-4o-mini','/v1/chat/completions',` +
-        `200,${pico},${pico},${state},'seeded',${fp ? `X'${fp}'` : 'NULL'},0,0,0)`;
+        `200,${pico},${pico},${state},'seeded',${fp ? env.blob(fp) : 'NULL'},0,0,0)`;
     });
   }
 
@@ -87,7 +87,6 @@ describe('alerts', () => {
     hotKey = await env.createKey({ tenant: 'acme', job: 'hot' });
 
     // The ledger, relative to T0.
-    db = join(env.dataDir, 'fusebox.db');
     const v = [];
     // capped: 8.5 of its 10 USD (85%).
     v.push(...rows('acme', 'capped', [[T0 - 3 * DAY, '5.0'], [T0 - 2 * HOUR, '3.5']], { idBase: 5000000 }));
@@ -106,12 +105,10 @@ describe('alerts', () => {
     v.push(...rows('acme', 'storm', [[T0 - 3 * HOUR, '0.01'], [T0 - 2 * HOUR, '0.01'], [T0 - HOUR, '0.01']],
       { idBase: 5000400, fp }));
     const runs = [1, 2, 3, 4].map((i) =>
-      `('job:acme/storm', X'${'cd'.repeat(32)}', ${T0 - i * HOUR}, ${T0 - i * HOUR + 1000}, 'failed_deterministic', 1, 1, 0)`);
-    const seeded = await sqlite(db, 'BEGIN;INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,model,path,' +
+      `('job:acme/storm', ${env.blob('cd'.repeat(32))}, ${T0 - i * HOUR}, ${T0 - i * HOUR + 1000}, 'failed_deterministic', 1, 1, 0)`);
+    const seeded = await env.sql('BEGIN;INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,model,path,' +
       `status,reserved,cost,state,outcome,fp,attempt,retry,saved) VALUES ${v.join(',')};` +
-      "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job, key_id, COALESCE(model,''), COUNT(*), " +
-      'SUM(state=1 AND cost>0), SUM(state=2), SUM(state=3), SUM(cost), 0 FROM ledger WHERE id>=5000000 ' +
-      'GROUP BY 1,2,3,4,5 ON CONFLICT DO UPDATE SET calls=calls+excluded.calls, paid=paid+excluded.paid, cost=cost+excluded.cost;' +
+      ROLLUP_SEED('id>=5000000') +
       `INSERT INTO runs(scope,identity,started_ms,ended_ms,outcome,exit_code,attempts,cleared) VALUES ${runs.join(',')};COMMIT;`);
     assert.equal(seeded.code, 0, seeded.stderr);
     await env.restart();
@@ -132,7 +129,7 @@ describe('alerts', () => {
 
   const has = (raised, prefix) => raised.some((d) => d.startsWith(prefix));
   const outbox = async (where) => {
-    const o = await sqlite(db, `SELECT dest, attempts, state FROM alert_outbox WHERE ${where}`);
+    const o = await env.sql(`SELECT dest, attempts, state FROM alert_outbox WHERE ${where}`);
     assert.equal(o.code, 0, o.stderr);
     return o.stdout.trim().split('\n').filter(Boolean).map((l) => {
       const [dest, attempts, state] = l.split('|');
@@ -260,7 +257,7 @@ describe('alerts', () => {
     assert.match(log, new RegExp(`to webhook ${rx.url.replace(/\./g, '\\.')}: gave up after 3 attempts`));
     // A webhook's path is its secret: not in the log, not in the store.
     assert.ok(!log.includes(`${rx.url}/json`) && !log.includes('/down'), 'a webhook URL is in the log');
-    const dump = await sqlite(db, '.dump');
+    const dump = await env.dump();
     assert.ok(!dump.stdout.includes(`${rx.url}/json`) && !dump.stdout.includes(downUrl), 'a webhook URL is in the store');
     rx.failJson = false;
   });

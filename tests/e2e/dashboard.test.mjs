@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { existsSync, statSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { startEnv, chatBody, cliRun, sqlite, pico, request, waitFor, seedLedgerSql, REPO } from './harness.mjs';
+import { startEnv, chatBody, cliRun, pico, request, waitFor, seedLedgerSql, REPO } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -27,7 +27,7 @@ describe('the dashboard in Chromium', () => {
     });
     key = await env.createKey({ tenant: 'acme', job: 'main' });
     await env.stop();
-    const seeded = await sqlite(join(env.dataDir, 'fusebox.db'), seedLedgerSql({
+    const seeded = await env.sql(seedLedgerSql({
       count: 3000, now: Date.now(),
       scopes: [['acme', 'etl', 'k_etl1'], ['acme', 'etl', 'k_etl2'], ['beta', 'x', 'k_x1']],
       models: ['gpt-4o-mini', 'gpt-4o'],

@@ -571,6 +571,32 @@ class Env {
     }, { timeoutMs: 10000, message: () => `GET /healthz 200 (last: ${lastErr})` });
   }
 
+  /* ---- the store, straight (tests that seed or inspect it) ---- */
+
+  /** Run SQL on this env's store: sqlite3 on data_dir/fusebox.db, or psql
+   *  on its PostgreSQL database (SQL on stdin, rows as a|b|c lines). */
+  sql(text) {
+    if (!this.store) return sqlite(join(this.dataDir, 'fusebox.db'), text);
+    return new Promise((res) => {
+      const c = execFile('psql', [this.store, '-X', '-q', '-A', '-t', '-F', '|', '-v', 'ON_ERROR_STOP=1', '-f', '-'],
+        { timeout: 60000 * SLOW, maxBuffer: 256 << 20 },
+        (err, stdout, stderr) => res({ code: err ? (err.code ?? -1) : 0, stdout, stderr }));
+      c.stdin.end(text.trimEnd().endsWith(';') ? `${text}\n` : `${text};\n`);
+    });
+  }
+
+  /** Every row of the store as text (sqlite3 .dump, pg_dump). */
+  dump() {
+    if (!this.store) return sqlite(join(this.dataDir, 'fusebox.db'), '.dump');
+    return new Promise((res) => execFile('pg_dump', [this.store], { maxBuffer: 256 << 20 },
+      (err, stdout, stderr) => res({ code: err ? (err.code ?? -1) : 0, stdout, stderr })));
+  }
+
+  /** A 32-byte value in this store's SQL (hex text in). */
+  blob(hex) {
+    return this.store ? `'\\x${hex}'::bytea` : `X'${hex}'`;
+  }
+
   /* ---- the CLI ---- */
 
   /** fusebox key create; returns the key text (last stdout line). The id
@@ -814,7 +840,7 @@ export function sqlite(dbPath, sql) {
  *  paid rows; some blocked, replayed, and left in flight (the next start
  *  charges those in full). Run it with the gateway stopped. */
 export function seedLedgerSql({ count, now, days = 3, seed = 7, idBase = 1000000,
-  scopes = [['acme', 'main', 'k_seed']], models = ['gpt-4o-mini'] }) {
+  scopes = [['acme', 'main', 'k_seed']], models = ['gpt-4o-mini'], pg = STORE_PG }) {
   let x = BigInt(seed);
   const rnd = () => {
     x = (x * 6364136223846793005n + 1442695040888963407n) & ((1n << 64n) - 1n);
@@ -836,13 +862,24 @@ export function seedLedgerSql({ count, now, days = 3, seed = 7, idBase = 1000000
     values.push(`(${idBase + i},${ts},'${t}','${j}','${k}','openai','${m}','/v1/chat/completions',` +
       `${status},${reserved},${cost},${state},${outcome},NULL,0,0,${saved})`);
   }
+  // SQL both stores take; on PostgreSQL the rows in flight (ids in node
+  // 0's range) belong to a node 0 that died: reaped at the next start.
   return 'BEGIN;INSERT INTO ledger(id,ts_ms,tenant,job,key_id,provider,model,path,' +
     `status,reserved,cost,state,outcome,fp,attempt,retry,saved) VALUES ${values.join(',')};` +
-    "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job, key_id, COALESCE(model,''), " +
-    'COUNT(*), SUM(state=1 AND cost>0), SUM(state=2), SUM(state=3), SUM(cost), SUM(CASE state WHEN 3 THEN saved ELSE 0 END) ' +
-    `FROM ledger WHERE id>=${idBase} AND state<>0 GROUP BY 1,2,3,4,5 ON CONFLICT DO UPDATE SET ` +
-    'calls=calls+excluded.calls, paid=paid+excluded.paid, blocked=blocked+excluded.blocked, ' +
-    'replayed=replayed+excluded.replayed, cost=cost+excluded.cost, saved=saved+excluded.saved;COMMIT;';
+    ROLLUP_SEED(`id>=${idBase}`) +
+    (pg ? 'INSERT INTO nodes VALUES(0, 0, 0) ON CONFLICT DO NOTHING;' : '') + 'COMMIT;';
+}
+
+/** The spend rollup of seeded ledger rows (WHERE on the ledger), as the
+ *  store keeps it: SQL that SQLite and PostgreSQL both take. */
+export function ROLLUP_SEED(where) {
+  return "INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job, key_id, COALESCE(model,''), " +
+    'COUNT(*), COUNT(*) FILTER (WHERE state=1 AND cost>0), COUNT(*) FILTER (WHERE state=2), ' +
+    'COUNT(*) FILTER (WHERE state=3), SUM(cost), SUM(CASE state WHEN 3 THEN saved ELSE 0 END) ' +
+    `FROM ledger WHERE ${where} AND state<>0 GROUP BY 1,2,3,4,5 ON CONFLICT(hour_ms,tenant,job,key_id,model) ` +
+    'DO UPDATE SET calls=spend_rollup.calls+excluded.calls, paid=spend_rollup.paid+excluded.paid, ' +
+    'blocked=spend_rollup.blocked+excluded.blocked, replayed=spend_rollup.replayed+excluded.replayed, ' +
+    'cost=spend_rollup.cost+excluded.cost, saved=spend_rollup.saved+excluded.saved;';
 }
 
 /** `fusebox ARGS --config <env's config>` to its end: {code, stdout,

@@ -7,27 +7,26 @@
 // bad options exit 2 and print nothing on stdout.
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { startEnv, chatBody, cliRun, sqlite, pico, seedLedgerSql } from './harness.mjs';
+import { startEnv, chatBody, cliRun, pico, seedLedgerSql } from './harness.mjs';
 
 const CHAT = '/openai/v1/chat/completions';
 const HOUR = 3600000;
 const DAY = 24 * HOUR;
 
 describe('fusebox spend --by', () => {
-  let env, db, now, raw;
+  let env, now, raw;
 
   before(async () => {
     env = await startEnv({
       budgets: { tenants: { acme: { jobs: { etl: null, chat: null } }, beta: { jobs: { x: null } } } },
     });
     const key = await env.createKey({ tenant: 'acme', job: 'etl' });
-    db = join(env.dataDir, 'fusebox.db');
+
     await env.stop();
 
     // 1,500 rows over the last three days, ids far above the daemon's.
     now = Date.now();
-    const ins = await sqlite(db, seedLedgerSql({
+    const ins = await env.sql(seedLedgerSql({
       count: 1500, now,
       scopes: [['acme', 'etl', 'k_etl1'], ['acme', 'chat', 'k_chat1'], ['acme', 'chat', 'k_chat2'], ['beta', 'x', 'k_x1']],
       models: ['gpt-4o-mini', 'gpt-4o', 'claude-3-5-haiku-latest'],
@@ -40,7 +39,7 @@ describe('fusebox spend --by', () => {
     }
     await env.settled();
     await env.stop(); // the journal applied: the store is complete
-    const out = await sqlite(db, "SELECT ts_ms,tenant,job,key_id,COALESCE(model,''),state,reserved,cost,saved FROM ledger");
+    const out = await env.sql("SELECT ts_ms,tenant,job,key_id,COALESCE(model,''),state,reserved,cost,saved FROM ledger");
     assert.equal(out.code, 0, out.stderr);
     raw = out.stdout.trim().split('\n').map((l) => {
       const [ts, tenant, job, key, model, state, reserved, cost, saved] = l.split('|');
