@@ -4,6 +4,8 @@
 # a free loopback port, fsync off (the cluster dies with the test run).
 #   scripts/pg.sh start DIR   prints the URL (postgres://...) on stdout
 #   scripts/pg.sh stop DIR    stops the server and removes DIR
+#   scripts/pg.sh down DIR    stops the server (an outage), keeping DIR
+#   scripts/pg.sh up DIR      starts it again on the same port
 set -eu
 cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
@@ -40,5 +42,14 @@ stop)
     [ -d "$dir/data" ] && as "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$dir"
     ;;
-*) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+down)
+    as "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null
+    ;;
+up)
+    port=$(cat "$dir/port")
+    as "$bin/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/server.log" -o \
+        "-p $port -k $dir -c listen_addresses=127.0.0.1 -F -c max_connections=200 -c shared_buffers=64MB" \
+        start >/dev/null
+    ;;
+*) echo "usage: $0 start|stop|down|up DIR" >&2; exit 2 ;;
 esac

@@ -10,9 +10,13 @@
 // scripts/pg.sh); skipped without it.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
-  startEnv, request, chatBody, pico, usd, waitFor, run, PG_URL, pgDatabase, pgSql,
+  startEnv, request, chatBody, pico, usd, waitFor, run, PG_URL, pgDatabase, pgSql, REPO,
 } from './harness.mjs';
 
 const CEILING = 10n ** 10n; // $0.01 in picodollars
@@ -270,5 +274,51 @@ describe('a cluster of three nodes on PostgreSQL', { skip: !PG_URL && 'FUSEBOX_T
     assert.ok(nodes0.includes(m[1]) && !nodes1.includes(m[1]), 'the old number is gone');
     assert.ok(nodes1.includes(m[2]) && !nodes0.includes(m[2]), 'the new number is registered');
     await verify(cl.a);
+  });
+});
+
+// The database itself goes away for a while (a restart, a failover): the
+// nodes refuse paid calls meanwhile (nothing is bought that cannot be
+// recorded), kept results cannot be read either, and once it is back the
+// nodes serve again by themselves (reaping one another if the outage was
+// longer than the lease, and joining again).
+describe('the shared store restarting', { skip: !PG_URL && 'FUSEBOX_TEST_PG is not set' }, () => {
+  it('paid calls get 503 while PostgreSQL is down; both nodes serve again when it is back', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'fusebox-pg-outage-'));
+    const pg = (cmd) => execFileSync(join(REPO, 'scripts/pg.sh'), [cmd, dir], { encoding: 'utf8', timeout: 120000 }).trim();
+    const url = pg('start');
+    t.after(() => { try { pg('stop'); } catch { /* gone */ } });
+    const budgets = { tenants: { acme: { jobs: { main: usd(CEILING) } } } };
+    const a = await startEnv({ t, store: url, budgets });
+    const providers = { openai: { kind: 'openai', base_url: a.fakeUrl, api_key_env: 'OPENAI_API_KEY' } };
+    const b = await startEnv({ t, store: url, budgets, providers });
+    const key = await a.createKey({ tenant: 'acme', job: 'main' });
+    let n = 0;
+    const post = (node) => request('POST', `${node.gwUrl}/openai/v1/chat/completions`, {
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: chatBody({ content: `outage ${n++}`, maxTokens: 8 }), timeoutMs: 30000,
+    });
+    assert.equal((await post(a)).status, 200);
+    assert.equal((await post(b)).status, 200);
+    const before = await a.billingStable();
+    pg('down');
+    for (const node of [a, b]) {
+      await waitFor(async () => (await post(node)).status === 503,
+        { timeoutMs: 15000, intervalMs: 100, message: 'a 503 while the store is down' });
+    }
+    const during = await a.billingStable();
+    assert.equal(during.requests, before.requests, 'a call reached the provider with no store to record it');
+    await new Promise((r) => setTimeout(r, 2500)); // longer than the lease (1.5 s)
+    pg('up');
+    for (const node of [a, b]) {
+      await waitFor(async () => (await post(node)).status === 200,
+        { timeoutMs: 30000, intervalMs: 200, message: 'serving again after the store came back' });
+    }
+    await waitFor(async () => (await jobSpend(a)).inFlight === 0n,
+      { timeoutMs: 20000, intervalMs: 200, message: 'nothing left in flight' });
+    const bill = await a.billingStable();
+    const { spent } = await jobSpend(a);
+    assert.ok(spent >= BigInt(bill.billed_pico), `ledger ${spent} < billed ${bill.billed_pico}`);
+    await verify(a);
   });
 });
