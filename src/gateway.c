@@ -1202,6 +1202,10 @@ static void on_join(void *arg, fb_err err, int64_t node, int64_t id_base)
 {
     gateway *g = arg;
     g->joining = 0;
+    if (err == FB_OK && g->stopped) { /* joined while stopping: leave */
+        fb_ledger_leave_at_stop(g->ledger, node);
+        return;
+    }
     if (err != FB_OK) {
         fb_log(FB_LOG_WARN, "cluster: cannot join again yet: %s",
                fb_strerror(err));

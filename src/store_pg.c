@@ -76,6 +76,7 @@ struct fb_store {
     char why[256];
     fb__rolls rolls;
     int lease_ms;
+    int txn;          /* between pg_begin and its commit or rollback */
     int64_t stale_ms; /* a marker held longer was lost: the longest call */
     const char *prep[PREP_MAX]; /* statements prepared on this connection,
                                    by their text's address ("sN": index) */
@@ -162,7 +163,7 @@ static const char schema_v1[] =
     " window_ms BIGINT NOT NULL, granted BIGINT NOT NULL,"
     " PRIMARY KEY(node, scope, window_ms));"
     "CREATE TABLE flights(scope TEXT NOT NULL, fp BYTEA NOT NULL,"
-    " seq BIGINT NOT NULL, node BIGINT NOT NULL, since_ms BIGINT NOT NULL,"
+    " seq BIGINT NOT NULL, node BIGINT NOT NULL, stale_at BIGINT NOT NULL,"
     " PRIMARY KEY(scope, fp, seq));"
     "CREATE FUNCTION fusebox_now() RETURNS BIGINT LANGUAGE sql AS"
     " $$SELECT (extract(epoch FROM clock_timestamp())*1000)::bigint$$;"
@@ -194,17 +195,19 @@ static const char schema_v1[] =
     " got := g; taken := t + g;"
     "END$$;"
     /* An in-flight marker for p_node, taken over from a node that is gone
-     * or held for longer than p_stale ms (a release that was lost):
+     * or held past its stale_at (its holder's longest call: a release that
+     * was lost):
      * got is p_node when it is now this node's (never for a node reaped:
      * it looks again, and joins again at its next heartbeat). */
     "CREATE FUNCTION fusebox_flight(p_scope TEXT, p_fp BYTEA, p_seq BIGINT,"
     " p_node BIGINT, p_stale BIGINT) RETURNS BIGINT LANGUAGE sql AS $$"
-    "INSERT INTO flights SELECT p_scope, p_fp, p_seq, p_node, fusebox_now()"
-    " WHERE EXISTS(SELECT 1 FROM nodes WHERE id=p_node)"
-    " ON CONFLICT(scope, fp, seq) DO UPDATE SET node=excluded.node,"
-    " since_ms=excluded.since_ms WHERE flights.node=excluded.node OR"
-    " flights.since_ms < fusebox_now() - p_stale OR NOT EXISTS(SELECT 1"
-    " FROM nodes WHERE id=flights.node) RETURNING node$$;"
+    "INSERT INTO flights SELECT p_scope, p_fp, p_seq, p_node,"
+    " fusebox_now() + p_stale WHERE EXISTS(SELECT 1 FROM nodes WHERE"
+    " id=p_node) ON CONFLICT(scope, fp, seq) DO UPDATE SET"
+    " node=excluded.node, stale_at=excluded.stale_at WHERE"
+    " flights.node=excluded.node OR flights.stale_at < fusebox_now() OR"
+    " NOT EXISTS(SELECT 1 FROM nodes WHERE id=flights.node) RETURNING"
+    " node$$;"
     /* A lookup that claims: 2 when the result is kept, else 0 when the
      * marker is now p_node's (buy it) or 1 while another node holds it.
      * The result is looked for again after the claim: each statement
@@ -245,16 +248,19 @@ static const char schema_v1[] =
     "DECLARE lo BIGINT := n << 40; hi BIGINT := (n + 1) << 40; l RECORD;"
     " used BIGINT;"
     "BEGIN"
+    /* the rollup from the rows this charged (a settle that committed
+     * meanwhile is not charged again, nor counted twice) */
+    " WITH c AS (UPDATE ledger SET cost=reserved, state=1,"
+    "  outcome='charged_after_crash' WHERE state=0 AND id>=lo AND id<hi"
+    "  RETURNING ts_ms, tenant, job, key_id, model, reserved)"
     " INSERT INTO spend_rollup SELECT ts_ms-ts_ms%3600000, tenant, job,"
     "  key_id, COALESCE(model,''), COUNT(*), COUNT(*) FILTER (WHERE"
-    "  reserved>0), 0, 0, SUM(reserved), 0 FROM ledger WHERE state=0"
-    "  AND id>=lo AND id<hi GROUP BY 1,2,3,4,5"
+    "  reserved>0), 0, 0, SUM(reserved), 0 FROM c GROUP BY 1,2,3,4,5"
+    "  ORDER BY 1,2,3,4,5"
     "  ON CONFLICT(hour_ms, tenant, job, key_id, model) DO UPDATE SET"
     "  calls=spend_rollup.calls+excluded.calls,"
     "  paid=spend_rollup.paid+excluded.paid,"
     "  cost=spend_rollup.cost+excluded.cost;"
-    " UPDATE ledger SET cost=reserved, state=1,"
-    "  outcome='charged_after_crash' WHERE state=0 AND id>=lo AND id<hi;"
     " FOR l IN SELECT scope, window_ms, granted FROM budget_lease"
     "  WHERE node=n LOOP"
     "  SELECT COALESCE(SUM(cost),0) INTO used FROM ledger WHERE id>=lo"
@@ -355,7 +361,7 @@ static PGresult *run(fb_store *s, const char *sql, const args *a, int dyn,
     char name[16];
     /* A connection that broke (a server restart) comes back on the next
      * statement outside a transaction: every handle, readers included. */
-    if (PQstatus(s->pg) != CONNECTION_OK && !in_block(s))
+    if (PQstatus(s->pg) != CONNECTION_OK && !s->txn)
         heal(s);
     for (int i = 0; !dyn && i < s->nprep && slot < 0; i++)
         if (s->prep[i] == sql)
@@ -565,7 +571,10 @@ fb_err fb__pg_open(const fb_config *c, const char *url, int do_migrate,
     s->ops = &pg_ops;
     s->rolls.write = roll_write;
     s->lease_ms = c->cluster_lease_ms > 0 ? c->cluster_lease_ms : 10000;
-    s->stale_ms = (int64_t)c->upstream_timeout_ms + 60000;
+    /* A marker may be held while its holder waits on another marker
+     * (an Idempotency-Key's, then the result's) and then buys: twice the
+     * longest call, and a minute. */
+    s->stale_ms = 2 * (int64_t)c->upstream_timeout_ms + 60000;
     /* Parsed first: libpq's own parse errors quote the URL, password and
      * all; this message names nothing of it. */
     char *perr = NULL;
@@ -665,7 +674,9 @@ static fb_err pg_begin(fb_store *s)
     fb__roll_drop(&s->rolls);
     s->rolls.failed = 0;
     heal(s);
-    return simple(s, "BEGIN");
+    fb_err err = simple(s, "BEGIN");
+    s->txn = err == FB_OK;
+    return err;
 }
 
 static fb_err pg_commit(fb_store *s)
@@ -678,6 +689,7 @@ static fb_err pg_commit(fb_store *s)
     if (PQtransactionStatus(s->pg) != PQTRANS_INTRANS)
         return FB_EIO;
     trip_count();
+    s->txn = 0;
     PGresult *r = PQexec(s->pg, "COMMIT");
     err = res_err(s, r);
     if (err == FB_OK && strcmp(PQcmdStatus(r), "COMMIT") != 0) {
@@ -692,7 +704,9 @@ static void pg_rollback(fb_store *s)
 {
     fb__roll_drop(&s->rolls);
     s->rolls.failed = 0;
-    if (PQtransactionStatus(s->pg) != PQTRANS_IDLE)
+    s->txn = 0;
+    if (PQstatus(s->pg) == CONNECTION_OK &&
+        PQtransactionStatus(s->pg) != PQTRANS_IDLE)
         exec_quiet(s, "ROLLBACK");
 }
 
@@ -709,7 +723,11 @@ static int pg_in_transaction(fb_store *s)
  * part of it (and fails with it), never one of its own. */
 static int in_block(fb_store *s)
 {
-    return PQtransactionStatus(s->pg) != PQTRANS_IDLE;
+    /* (A broken connection reports PQTRANS_UNKNOWN: in one only if a
+     * BEGIN of ours is still open on it.) */
+    PGTransactionStatusType t = PQtransactionStatus(s->pg);
+    return s->txn || t == PQTRANS_INTRANS || t == PQTRANS_INERROR ||
+           t == PQTRANS_ACTIVE;
 }
 
 static const char *pg_why(fb_store *s)
@@ -1474,8 +1492,11 @@ static fb_err pg_result_claim(fb_store *s, int64_t node, const char *scope,
         return FB_EEXIST; /* another node buys it now */
     if (k == 0)
         return FB_ENOTFOUND; /* claimed: buy it */
-    /* Kept: read it (a second round trip, on the replay path only). */
-    return pg_result_get(s, scope, fp, seq, now_ms, out);
+    /* Kept: read it (a second round trip, on the replay path only). Gone
+     * meanwhile (expired, purged): neither bought nor claimed, so the
+     * caller looks again. */
+    err = pg_result_get(s, scope, fp, seq, now_ms, out);
+    return err == FB_ENOTFOUND ? FB_EEXIST : err;
 }
 
 static fb_err pg_result_by_idem(fb_store *s, const char *scope,

@@ -258,6 +258,8 @@ describe('alerts', () => {
     // A webhook's path is its secret: not in the log, not in the store.
     assert.ok(!log.includes(`${rx.url}/json`) && !log.includes('/down'), 'a webhook URL is in the log');
     const dump = await env.dump();
+    assert.equal(dump.code, 0, dump.stderr);
+    assert.match(dump.stdout, /alert_outbox/, 'the dump holds the outbox');
     assert.ok(!dump.stdout.includes(`${rx.url}/json`) && !dump.stdout.includes(downUrl), 'a webhook URL is in the store');
     rx.failJson = false;
   });

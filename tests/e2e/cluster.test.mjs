@@ -289,7 +289,7 @@ describe('the shared store restarting', { skip: !PG_URL && 'FUSEBOX_TEST_PG is n
     const url = pg('start');
     t.after(() => { try { pg('stop'); } catch { /* gone */ } });
     const budgets = { tenants: { acme: { jobs: { main: usd(CEILING) } } } };
-    const a = await startEnv({ t, store: url, budgets });
+    const a = await startEnv({ t, store: url, budgets, admin: true });
     const providers = { openai: { kind: 'openai', base_url: a.fakeUrl, api_key_env: 'OPENAI_API_KEY' } };
     const b = await startEnv({ t, store: url, budgets, providers });
     const key = await a.createKey({ tenant: 'acme', job: 'main' });
@@ -316,6 +316,11 @@ describe('the shared store restarting', { skip: !PG_URL && 'FUSEBOX_TEST_PG is n
     }
     await waitFor(async () => (await jobSpend(a)).inFlight === 0n,
       { timeoutMs: 20000, intervalMs: 200, message: 'nothing left in flight' });
+    // every connection of a node comes back, the readers' too (the
+    // dashboard reads on a connection of its own)
+    await waitFor(async () => (await request('GET', `${a.adminUrl}/dashboard`,
+      { headers: { authorization: `Bearer ${a.adminToken}` } })).status === 200,
+    { timeoutMs: 15000, intervalMs: 200, message: 'the dashboard back' });
     const bill = await a.billingStable();
     const { spent } = await jobSpend(a);
     assert.ok(spent >= BigInt(bill.billed_pico), `ledger ${spent} < billed ${bill.billed_pico}`);

@@ -829,7 +829,9 @@ export function sqlite(dbPath, sql) {
     const c = execFile('sqlite3', ['-bail', '-cmd', '.timeout 5000', dbPath],
       { timeout: 60000 * SLOW, maxBuffer: 256 << 20 },
       (err, stdout, stderr) => res({ code: err ? (err.code ?? -1) : 0, stdout, stderr }));
-    c.stdin.end(sql.trimEnd().endsWith(';') ? `${sql}\n` : `${sql};\n`);
+    // (a dot-command such as .dump takes no ';': ".dump;" is an error)
+    const t = sql.trimEnd();
+    c.stdin.end(t.endsWith(';') || t.startsWith('.') ? `${sql}\n` : `${sql};\n`);
   });
 }
 

@@ -797,8 +797,11 @@ static void *claim_thread(void *arg)
 static int lock_waiters(void)
 {
     PGconn *c = PQconnectdb(pg_url);
+    /* this database's sessions waiting on a lock in fusebox_claim */
     PGresult *r = PQexec(c, "SELECT COUNT(*) FROM pg_stat_activity WHERE "
-                            "wait_event_type='Lock'");
+                            "wait_event_type='Lock' AND "
+                            "datname=current_database() AND "
+                            "query LIKE '%fusebox_claim%'");
     int n = PQntuples(r) == 1 ? atoi(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
     PQfinish(c);
