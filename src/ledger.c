@@ -773,6 +773,15 @@ static void run_op(fb_ledger *l, op *o)
                                        o->entry.cost, o->entry.outcome);
         break;
     case OP_COMPLETE:
+        if (o->has_result && !o->in_insert) { /* settle and keep: one call */
+            fb_err e = fb_store_entry_complete(
+                l->store, o->entry.id, o->entry.status, o->entry.cost,
+                o->entry.outcome, o->scope, &o->res, o->idem, fb_wall_ms(),
+                o->expires_ms);
+            o->lost_race = e == FB_EEXIST;
+            o->err = e == FB_EEXIST ? FB_OK : e;
+            break;
+        }
         o->err = o->in_insert ? FB_OK
                               : fb_store_entry_settle(
                                     l->store, o->entry.id, o->entry.status,

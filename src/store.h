@@ -159,6 +159,15 @@ fb_err fb_store_key_list(fb_store *s,
 fb_err fb_store_entry_insert(fb_store *s, const fb_entry *e);
 fb_err fb_store_entry_settle(fb_store *s, int64_t id, int status,
                              fb_money cost, const char *outcome);
+/* Settle call id and keep its result r under scope (binding idem, when
+ * not NULL), in the open transaction: FB_OK; FB_EEXIST when settled but a
+ * live result already holds that seq (the result is dropped); or an
+ * error. One round trip on PostgreSQL. */
+fb_err fb_store_entry_complete(fb_store *s, int64_t id, int status,
+                               fb_money cost, const char *outcome,
+                               const char *scope, const fb_result *r,
+                               const char *idem, int64_t now_ms,
+                               int64_t expires_ms);
 /* Crash recovery: every row still RESERVED is settled at its full
  * reservation (the provider may have billed it). *n gets the count. */
 fb_err fb_store_recover(fb_store *s, int64_t *n);

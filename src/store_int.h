@@ -52,6 +52,11 @@ typedef void (*fb__verify_fn)(void *arg, const char *check,
       (fb_store * s, int64_t id, int status, fb_money cost,                    \
        const char *outcome),                                                   \
       (s, id, status, cost, outcome))                                          \
+    X(fb_err, entry_complete,                                                  \
+      (fb_store * s, int64_t id, int status, fb_money cost,                    \
+       const char *outcome, const char *scope, const fb_result *r,             \
+       const char *idem, int64_t now, int64_t exp),                            \
+      (s, id, status, cost, outcome, scope, r, idem, now, exp))                \
     X(fb_err, recover, (fb_store * s, int64_t *n), (s, n))                     \
     X(fb_err, node_join, (fb_store * s, int64_t *node, int64_t *id_base),      \
       (s, node, id_base))                                                      \

@@ -1004,6 +1004,70 @@ static fb_err pg_entry_settle(fb_store *s, int64_t id, int status,
     return err;
 }
 
+static fb_err pg_idem_bind(fb_store *s, const char *scope, const char *idem,
+                           const uint8_t *fp, int64_t seq, int64_t now_ms,
+                           int64_t expires_ms);
+
+/* The settlement, the kept result and its marker's release in one
+ * statement (one round trip instead of two): the UPDATE's RETURNING
+ * feeds the rollup as pg_entry_settle's does, the INSERT's the race. */
+static fb_err pg_entry_complete(fb_store *s, int64_t id, int status,
+                                fb_money cost, const char *outcome,
+                                const char *scope, const fb_result *r,
+                                const char *idem, int64_t now_ms,
+                                int64_t expires_ms)
+{
+    args a = {0};
+    fb_err err;
+    a_i64(&a, status);
+    a_i64(&a, cost);
+    a_str(&a, outcome);
+    a_i64(&a, id);
+    a_str(&a, scope);
+    a_bin(&a, r->fp, 32);
+    a_i64(&a, r->seq);
+    a_i64(&a, r->attempt);
+    a_i64(&a, r->status);
+    a_i64(&a, r->stream);
+    a_bin(&a, r->headers, r->headers_len);
+    a_bin(&a, r->body, r->body_len);
+    a_i64(&a, r->cost);
+    a_i64(&a, now_ms);
+    a_i64(&a, expires_ms);
+    PGresult *q = run(
+        s,
+        "WITH u AS (UPDATE ledger SET status=$1,cost=$2,state=1,outcome=$3"
+        " WHERE id=$4 AND state=0 RETURNING ts_ms,tenant,job,key_id,model,"
+        "saved), f AS (DELETE FROM flights WHERE scope=$5 AND fp=$6 AND"
+        " seq=$7), k AS (INSERT INTO results(scope,fp,seq,attempt,status,"
+        "stream,headers,body,cost,created_ms,expires_ms) VALUES($5,$6,$7,$8,"
+        "$9,$10,$11,$12,$13,$14,$15) ON CONFLICT(scope,fp,seq) DO UPDATE SET"
+        " attempt=excluded.attempt,status=excluded.status,"
+        "stream=excluded.stream,headers=excluded.headers,body=excluded.body,"
+        "cost=excluded.cost,created_ms=excluded.created_ms,"
+        "expires_ms=excluded.expires_ms WHERE"
+        " results.expires_ms<=excluded.created_ms RETURNING 1)"
+        " SELECT (SELECT COUNT(*) FROM k), u.* FROM (SELECT 1) one LEFT JOIN"
+        " u ON true",
+        &a, 0, &err);
+    if (q == NULL)
+        return err;
+    if (PQntuples(q) != 1) {
+        PQclear(q);
+        return FB_EIO;
+    }
+    int kept = col_i64(q, 0, 0) > 0;
+    if (!PQgetisnull(q, 0, 1)) /* it was in flight: now it counts */
+        err = fb__roll_note(&s->rolls, s, col_i64(q, 0, 1), col_str(q, 0, 2),
+                            col_str(q, 0, 3), col_str(q, 0, 4),
+                            col_str(q, 0, 5), FB_ENTRY_SETTLED, cost,
+                            col_i64(q, 0, 6));
+    PQclear(q);
+    if (err == FB_OK && idem != NULL)
+        err = pg_idem_bind(s, scope, idem, r->fp, r->seq, now_ms, expires_ms);
+    return err == FB_OK && !kept ? FB_EEXIST : err;
+}
+
 /* At a start, nothing of this node is in flight yet (a new number every
  * start); what earlier lives left in flight is reaped with them. */
 static fb_err pg_recover(fb_store *s, int64_t *n)

@@ -662,6 +662,22 @@ static fb_err entry_settle(fb_store *s, int64_t id, int status, fb_money cost,
     return err;
 }
 
+static fb_err sq_result_put(fb_store *s, const char *scope, const fb_result *r,
+                            const char *idem, int64_t now_ms,
+                            int64_t expires_ms);
+
+static fb_err sq_entry_complete(fb_store *s, int64_t id, int status,
+                                fb_money cost, const char *outcome,
+                                const char *scope, const fb_result *r,
+                                const char *idem, int64_t now_ms,
+                                int64_t expires_ms)
+{
+    fb_err err = sq_entry_settle(s, id, status, cost, outcome);
+    if (err == FB_OK)
+        err = sq_result_put(s, scope, r, idem, now_ms, expires_ms);
+    return err;
+}
+
 static fb_err sq_recover(fb_store *s, int64_t *n)
 {
     char *msg = NULL;

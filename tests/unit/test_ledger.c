@@ -373,6 +373,36 @@ static void test_results_and_trips(void **state)
     assert_int_equal(sp.replayed_calls, 1);
     assert_int_equal(sp.saved, 77);
 
+    /* Settle and keep in one call: the cost counts, the result is kept;
+     * a second call for the same seq is settled, its result dropped. */
+    uint8_t fp8[32] = {8, 8};
+    fb_result k = {.status = 200, .headers = "H: v\r\n", .headers_len = 6,
+                   .body = "{\"x\":1}", .body_len = 7, .cost = 90, .seq = 1,
+                   .attempt = 0};
+    memcpy(k.fp, fp8, 32);
+    fb_entry c1 = entry(200, 3, "cmp", "j", 100), c2 = entry(201, 4, "cmp",
+                                                                "j", 100);
+    assert_int_equal(fb_store_entry_insert(s, &c1), FB_OK);
+    assert_int_equal(fb_store_entry_insert(s, &c2), FB_OK);
+    assert_int_equal(fb_store_begin(s), FB_OK);
+    assert_int_equal(fb_store_entry_complete(s, 200, 200, 90, "ok", "job:cmp/j",
+                                             &k, "idem-c", 1000, 9000),
+                     FB_OK);
+    k.body = "{\"x\":2}";
+    assert_int_equal(fb_store_entry_complete(s, 201, 200, 80, "ok", "job:cmp/j",
+                                             &k, NULL, 1000, 9000),
+                     FB_EEXIST);
+    assert_int_equal(fb_store_commit(s), FB_OK);
+    fb_spend_filter cf = {.tenant = "cmp"};
+    assert_int_equal(fb_store_spend(s, &cf, &sp), FB_OK);
+    assert_int_equal(sp.spent, 170);
+    assert_int_equal(sp.reserved, 0);
+    assert_int_equal(fb_store_result_by_idem(s, "job:cmp/j", "idem-c", 2000,
+                                             &got),
+                     FB_OK);
+    assert_memory_equal(got.body, "{\"x\":1}", 7);
+    fb_result_clear(&got);
+
     assert_int_equal(fb_store_trip_set(s, "job:t/j", "by hand", 1), FB_OK);
     assert_int_equal(fb_store_trip_set(s, "job:t/j", "again", 2), FB_OK);
     assert_int_equal(fb_store_trip_clear(s, "job:t/j"), FB_OK);
