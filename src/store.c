@@ -236,8 +236,8 @@ fb_err fb__roll_flush(fb__rolls *rl, fb_store *s)
      * the same order, so their batches cannot deadlock on them. */
     if (rl->npend > 1)
         qsort(rl->pend, rl->npend, sizeof rl->pend[0], roll_cmp);
-    for (size_t i = 0; i < rl->npend && err == FB_OK; i++)
-        err = rl->write(s, &rl->pend[i]);
+    if (rl->npend > 0)
+        err = rl->write(s, rl->pend, rl->npend);
     if (err != FB_OK)
         rl->failed = 1;
     fb__roll_drop(rl);

@@ -208,8 +208,8 @@ typedef struct fb__rolls {
     fb__roll pend[FB__ROLL_MAX];
     size_t npend;
     int failed; /* a delta was lost: the transaction must not commit */
-    /* writes one delta; the backend's */
-    fb_err (*write)(fb_store *s, const fb__roll *r);
+    /* writes n deltas (in key order); the backend's */
+    fb_err (*write)(fb_store *s, const fb__roll *r, size_t n);
 } fb__rolls;
 
 /* Note a final row; may flush early (when full) through rl->write. */

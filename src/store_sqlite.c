@@ -224,7 +224,7 @@ static const char *const migrations[SCHEMA_VERSION] = {schema_v1, schema_v2,
 
 static const fb_store_ops sq_ops;
 static void sq_close(fb_store *s);
-static fb_err roll_write(fb_store *s, const fb__roll *r);
+static fb_err roll_write(fb_store *s, const fb__roll *r, size_t n);
 
 int fb__sqlite_schema_version(void)
 {
@@ -413,7 +413,7 @@ static void sq_close(fb_store *s)
     free(s);
 }
 
-static fb_err roll_write(fb_store *s, const fb__roll *r)
+static fb_err roll_write_one(fb_store *s, const fb__roll *r)
 {
     sqlite3_stmt *st = stmt(s, ST_ROLLUP_ADD);
     sqlite3_bind_int64(st, 1, r->hour_ms);
@@ -428,6 +428,14 @@ static fb_err roll_write(fb_store *s, const fb__roll *r)
     sqlite3_bind_int64(st, 10, r->cost);
     sqlite3_bind_int64(st, 11, r->saved);
     return step_done(st);
+}
+
+static fb_err roll_write(fb_store *s, const fb__roll *r, size_t n)
+{
+    fb_err err = FB_OK;
+    for (size_t i = 0; i < n && err == FB_OK; i++)
+        err = roll_write_one(s, &r[i]);
+    return err;
 }
 
 static fb_err sq_begin(fb_store *s)
