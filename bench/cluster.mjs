@@ -26,7 +26,7 @@ const REPO = resolve(HERE, '..');
 if (process.argv[2]) process.env.FUSEBOX_BIN = resolve(process.argv[2]);
 const SECONDS = Number(process.env.BENCH_DURATION || 5);
 const ROUNDS = Number(process.env.ROUNDS || 2);
-const CONNS = 16;
+const CONNS = Number(process.env.BENCH_CONNECTIONS || 16);
 
 let pgDir = null;
 if (!process.env.FUSEBOX_TEST_PG) {
