@@ -201,6 +201,18 @@ fb_err fb_store_epoch_bump(const char *data_dir)
     return FB_OK;
 }
 
+void fb__spend_bounds(const fb_spend_filter *f, int64_t *S, int64_t *U,
+                      int64_t *A, int64_t *B)
+{
+    const int64_t hour = INT64_C(3600000);
+    *S = f->since_ms > 0 ? f->since_ms : 0;
+    *U = f->until_ms > 0 ? f->until_ms : INT64_MAX;
+    *A = (*S % hour) != 0 ? *S - *S % hour + hour : *S;
+    *B = *U - *U % hour;
+    if (*B <= *A)
+        *A = *B = *U;
+}
+
 /* ---- the spend rollup's deltas ---- */
 
 void fb__roll_drop(fb__rolls *rl)

@@ -221,6 +221,12 @@ fb_err fb__roll_note(fb__rolls *rl, fb_store *s, int64_t ts_ms,
 fb_err fb__roll_flush(fb__rolls *rl, fb_store *s);
 void fb__roll_drop(fb__rolls *rl);
 
+/* The bounds of a spend query over f: [*S, *U) asked; whole hours
+ * [*A, *B) read from the rollup; the rest of [*S, *U) from the ledger
+ * (both backends split their spend and report queries so). */
+void fb__spend_bounds(const fb_spend_filter *f, int64_t *S, int64_t *U,
+                      int64_t *A, int64_t *B);
+
 /* Ledger ids: node n (0 for SQLite, a PostgreSQL sequence otherwise)
  * numbers its calls from n << FB__NODE_SHIFT, so nodes never collide and
  * a dead node's rows are one range of the primary key. */

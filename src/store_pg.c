@@ -1042,6 +1042,37 @@ static fb_err pg_idem_bind(fb_store *s, const char *scope, const char *idem,
                            const uint8_t *fp, int64_t seq, int64_t now_ms,
                            int64_t expires_ms);
 
+#define RESULT_COLS                                                            \
+    "id,status,stream,headers,body,cost,seq,attempt,fp,expires_ms"
+
+/* Keep a result (its 11 values, a_result's order, as VALUES): an expired
+ * row not yet purged gives way; a live one stays (then nothing changes:
+ * the caller's FB_EEXIST). */
+#define RESULT_KEEP(VALUES)                                                    \
+    "INSERT INTO results(scope,fp,seq,attempt,status,stream,headers,body,"     \
+    "cost,created_ms,expires_ms) VALUES" VALUES                                \
+    " ON CONFLICT(scope,fp,seq) DO UPDATE SET attempt=excluded.attempt,"       \
+    "status=excluded.status,stream=excluded.stream,headers=excluded.headers,"  \
+    "body=excluded.body,cost=excluded.cost,created_ms=excluded.created_ms,"    \
+    "expires_ms=excluded.expires_ms WHERE "                                    \
+    "results.expires_ms<=excluded.created_ms"
+
+static void a_result(args *a, const char *scope, const fb_result *r,
+                     int64_t now_ms, int64_t expires_ms)
+{
+    a_str(a, scope);
+    a_bin(a, r->fp, 32);
+    a_i64(a, r->seq);
+    a_i64(a, r->attempt);
+    a_i64(a, r->status);
+    a_i64(a, r->stream);
+    a_bin(a, r->headers, r->headers_len);
+    a_bin(a, r->body, r->body_len);
+    a_i64(a, r->cost);
+    a_i64(a, now_ms);
+    a_i64(a, expires_ms);
+}
+
 /* The settlement, the kept result and its marker's release in one
  * statement (one round trip instead of two): the UPDATE's RETURNING
  * feeds the rollup as pg_entry_settle's does, the INSERT's the race. */
@@ -1057,30 +1088,14 @@ static fb_err pg_entry_complete(fb_store *s, int64_t id, int status,
     a_i64(&a, cost);
     a_str(&a, outcome);
     a_i64(&a, id);
-    a_str(&a, scope);
-    a_bin(&a, r->fp, 32);
-    a_i64(&a, r->seq);
-    a_i64(&a, r->attempt);
-    a_i64(&a, r->status);
-    a_i64(&a, r->stream);
-    a_bin(&a, r->headers, r->headers_len);
-    a_bin(&a, r->body, r->body_len);
-    a_i64(&a, r->cost);
-    a_i64(&a, now_ms);
-    a_i64(&a, expires_ms);
+    a_result(&a, scope, r, now_ms, expires_ms);
     PGresult *q = run(
         s,
         "WITH u AS (UPDATE ledger SET status=$1,cost=$2,state=1,outcome=$3"
         " WHERE id=$4 AND state=0 RETURNING ts_ms,tenant,job,key_id,model,"
         "saved), f AS (DELETE FROM flights WHERE scope=$5 AND fp=$6 AND"
-        " seq=$7), k AS (INSERT INTO results(scope,fp,seq,attempt,status,"
-        "stream,headers,body,cost,created_ms,expires_ms) VALUES($5,$6,$7,$8,"
-        "$9,$10,$11,$12,$13,$14,$15) ON CONFLICT(scope,fp,seq) DO UPDATE SET"
-        " attempt=excluded.attempt,status=excluded.status,"
-        "stream=excluded.stream,headers=excluded.headers,body=excluded.body,"
-        "cost=excluded.cost,created_ms=excluded.created_ms,"
-        "expires_ms=excluded.expires_ms WHERE"
-        " results.expires_ms<=excluded.created_ms RETURNING 1)"
+        " seq=$7), k AS (" RESULT_KEEP("($5,$6,$7,$8,$9,$10,$11,$12,$13,$14,"
+                                      "$15)") " RETURNING 1)"
         " SELECT (SELECT COUNT(*) FROM k), u.* FROM (SELECT 1) one LEFT JOIN"
         " u ON true",
         &a, 0, &err);
@@ -1265,28 +1280,13 @@ static fb_err pg_flight_release(fb_store *s, int64_t node, const char *scope,
 
 /* ---- spend ---- */
 
-/* The bounds of a spend query over f: [*S, *U) asked; whole hours
- * [*A, *B) read from the rollup; the rest of [*S, *U) from the ledger
- * (as store_sqlite.c). */
-static void spend_bounds(const fb_spend_filter *f, int64_t *S, int64_t *U,
-                         int64_t *A, int64_t *B)
-{
-    const int64_t hour = INT64_C(3600000);
-    *S = f->since_ms > 0 ? f->since_ms : 0;
-    *U = f->until_ms > 0 ? f->until_ms : INT64_MAX;
-    *A = (*S % hour) != 0 ? *S - *S % hour + hour : *S;
-    *B = *U - *U % hour;
-    if (*B <= *A)
-        *A = *B = *U;
-}
-
 /* $1..$4 the bounds, then the filters that are set, as SQL and args. */
 static void spend_args(const fb_spend_filter *f, args *a, char *filt,
                        size_t cap)
 {
     int64_t S, U, A, B;
     size_t used = 0;
-    spend_bounds(f, &S, &U, &A, &B);
+    fb__spend_bounds(f, &S, &U, &A, &B);
     a_i64(a, S);
     a_i64(a, U);
     a_i64(a, A);
@@ -1529,8 +1529,6 @@ static fb_err pg_last_change(fb_store *s, int64_t *seq)
 
 /* ---- kept results ---- */
 
-#define RESULT_COLS                                                            \
-    "id,status,stream,headers,body,cost,seq,attempt,fp,expires_ms"
 
 static fb_err read_result(const PGresult *r, int row, fb_result *out)
 {
@@ -1655,32 +1653,13 @@ static fb_err pg_result_put(fb_store *s, const char *scope, const fb_result *r,
 {
     args a = {0};
     int n = 0;
-    a_str(&a, scope);
-    a_bin(&a, r->fp, 32);
-    a_i64(&a, r->seq);
-    a_i64(&a, r->attempt);
-    a_i64(&a, r->status);
-    a_i64(&a, r->stream);
-    a_bin(&a, r->headers, r->headers_len);
-    a_bin(&a, r->body, r->body_len);
-    a_i64(&a, r->cost);
-    a_i64(&a, now_ms);
-    a_i64(&a, expires_ms);
-    /* An expired row not yet purged gives way; a live one stays (and
-     * then nothing changes: FB_EEXIST). */
+    a_result(&a, scope, r, now_ms, expires_ms);
     /* The result is kept: nobody needs to wait for it any more (its
      * in-flight marker goes in the same statement). */
     fb_err err = exec(
         s,
         "WITH f AS (DELETE FROM flights WHERE scope=$1 AND fp=$2 AND seq=$3)"
-        " INSERT INTO results(scope,fp,seq,attempt,status,stream,headers,"
-        "body,cost,created_ms,expires_ms) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,"
-        "$10,$11) ON CONFLICT(scope,fp,seq) DO UPDATE SET "
-        "attempt=excluded.attempt,status=excluded.status,"
-        "stream=excluded.stream,headers=excluded.headers,body=excluded.body,"
-        "cost=excluded.cost,created_ms=excluded.created_ms,"
-        "expires_ms=excluded.expires_ms WHERE "
-        "results.expires_ms<=excluded.created_ms",
+        " " RESULT_KEEP("($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"),
         &a, &n);
     if (err == FB_OK && n == 0)
         err = FB_EEXIST; /* a live result holds this seq */

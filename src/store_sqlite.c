@@ -741,20 +741,6 @@ static void bind_opt(sqlite3_stmt *st, int i, const char *v)
         sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
 }
 
-/* The bounds of a spend query over f: [*S, *U) asked; whole hours
- * [*A, *B) read from the rollup; the rest of [*S, *U) from the ledger. */
-static void spend_bounds(const fb_spend_filter *f, int64_t *S, int64_t *U,
-                         int64_t *A, int64_t *B)
-{
-    const int64_t hour = INT64_C(3600000);
-    *S = f->since_ms > 0 ? f->since_ms : 0;
-    *U = f->until_ms > 0 ? f->until_ms : INT64_MAX;
-    *A = (*S % hour) != 0 ? *S - *S % hour + hour : *S;
-    *B = *U - *U % hour;
-    if (*B <= *A)
-        *A = *B = *U;
-}
-
 /* The filters of f, as SQL: only those set, so that SQLite can use the
  * rollup's index (a "?5 IS NULL OR tenant=?5" cannot). Parameters ?5, ?6,
  * ?7. Over the ledger (ledger=1) the columns are written "+tenant": no
@@ -775,7 +761,7 @@ static void spend_filter(const fb_spend_filter *f, int ledger, char *buf,
 static void bind_spend(sqlite3_stmt *st, const fb_spend_filter *f)
 {
     int64_t S, U, A, B;
-    spend_bounds(f, &S, &U, &A, &B);
+    fb__spend_bounds(f, &S, &U, &A, &B);
     sqlite3_bind_int64(st, 1, S);
     sqlite3_bind_int64(st, 2, U);
     sqlite3_bind_int64(st, 3, A);

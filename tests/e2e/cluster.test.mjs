@@ -83,6 +83,14 @@ async function jobSpend(env) {
   return { spent: pico(row.spent_usd), inFlight: pico(row.in_flight_usd ?? '0') };
 }
 
+/** Neither the provider's bill nor the ledger passes the ceiling. */
+function withinCeiling(t, counts, bill, spent) {
+  t.diagnostic(`calls ${JSON.stringify(counts)}; billed ${bill.billed_pico} pico, ` +
+    `ledger ${spent} pico, ceiling ${CEILING} (${Number(spent * 10000n / CEILING) / 100}% used)`);
+  assert.ok(BigInt(bill.billed_pico) <= CEILING, `billed ${bill.billed_pico} > ceiling ${CEILING}`);
+  assert.ok(spent <= CEILING, `ledger spent ${spent} > ceiling`);
+}
+
 async function verify(env) {
   const r = await run(['ledger', 'verify', '--config', env.configPath]);
   assert.equal(r.code, 0, `ledger verify failed:\n${r.stdout}${r.stderr}`);
@@ -94,10 +102,7 @@ describe('a cluster of three nodes on PostgreSQL', { skip: !PG_URL && 'FUSEBOX_T
     const { counts } = await load(cl);
     const bill = await cl.a.billingStable(20000);
     const { spent } = await jobSpend(cl.a);
-    t.diagnostic(`calls ${JSON.stringify(counts)}; billed ${bill.billed_pico} pico, ` +
-      `ledger ${spent} pico, ceiling ${CEILING} (${Number(spent * 10000n / CEILING) / 100}% used)`);
-    assert.ok(BigInt(bill.billed_pico) <= CEILING, `billed ${bill.billed_pico} > ceiling ${CEILING}`);
-    assert.ok(spent <= CEILING, `ledger spent ${spent} > ceiling`);
+    withinCeiling(t, counts, bill, spent);
     assert.equal(BigInt(bill.billed_pico), spent, 'the ledger holds what the provider billed');
     assert.ok(spent * 100n >= CEILING * 95n, `only ${spent} of ${CEILING} usable`);
     assert.equal(counts.other, 0, 'no call failed otherwise');
@@ -133,10 +138,7 @@ describe('a cluster of three nodes on PostgreSQL', { skip: !PG_URL && 'FUSEBOX_T
       { timeoutMs: 20000, intervalMs: 200, message: 'the dead node reaped' });
     const bill = await cl.a.billingStable(20000);
     const { spent } = await jobSpend(cl.a);
-    t.diagnostic(`calls ${JSON.stringify(counts)}; billed ${bill.billed_pico} pico, ` +
-      `ledger ${spent} pico, ceiling ${CEILING} (${Number(spent * 10000n / CEILING) / 100}% used)`);
-    assert.ok(BigInt(bill.billed_pico) <= CEILING, `billed ${bill.billed_pico} > ceiling ${CEILING}`);
-    assert.ok(spent <= CEILING, `ledger spent ${spent} > ceiling`);
+    withinCeiling(t, counts, bill, spent);
     // the killed node's calls in flight are charged at their worst case:
     // the ledger never holds less than the bill
     assert.ok(spent >= BigInt(bill.billed_pico), `ledger ${spent} < billed ${bill.billed_pico}`);
